@@ -1,0 +1,180 @@
+//! AdmissionReview v1 in, AdmissionReview v1 out, with no HTTP in sight.
+//!
+//! The request keeps the Pod as raw JSON (the engine patches what is there, fields the
+//! Rust types do not know included), and the response is our own type: kube-core 5's
+//! `AdmissionResponse` serializes the patch as an array of numbers (kube-rs #1781),
+//! while the AdmissionReview API documents a base64 string.
+
+use base64::Engine as _;
+use kube::core::admission::Operation;
+use kube::core::{GroupVersionKind, GroupVersionResource};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::inject::{Decision, Skip, SkipReason};
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview {
+    pub api_version: String,
+    pub kind: String,
+    pub request: Option<AdmissionRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    pub resource: GroupVersionResource,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: Operation,
+    #[serde(default)]
+    pub object: Option<Value>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+/// Why a body is not an AdmissionReview this webhook can answer (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("the body is not valid JSON for an AdmissionReview: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("expected apiVersion {API_VERSION} and kind {KIND}, got {api_version} {kind}")]
+    WrongType { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    #[error("the AdmissionReview request has an empty uid")]
+    NoUid,
+}
+
+impl AdmissionReview {
+    /// Parses and checks a body: a wrong type or a missing request or uid cannot be
+    /// answered (the API server matches responses by uid).
+    pub fn parse(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
+        let review: AdmissionReview = serde_json::from_slice(body)?;
+        if review.api_version != API_VERSION || review.kind != KIND {
+            return Err(ReviewError::WrongType {
+                api_version: review.api_version,
+                kind: review.kind,
+            });
+        }
+        let request = review.request.ok_or(ReviewError::NoRequest)?;
+        if request.uid.is_empty() {
+            return Err(ReviewError::NoUid);
+        }
+        Ok(request)
+    }
+}
+
+impl AdmissionRequest {
+    /// Is this a Pod creation (the only thing the webhook is registered for)?
+    pub fn is_pod_create(&self) -> Result<&Value, Skip> {
+        let is_pod = self.resource.group.is_empty()
+            && self.resource.resource == "pods"
+            && self.sub_resource.as_deref().unwrap_or("").is_empty();
+        if !is_pod || self.operation != Operation::Create {
+            return Err(Skip::new(
+                SkipReason::InvalidPod,
+                format!(
+                    "tracehook only mutates Pod creations; got {:?} on {}{}",
+                    self.operation,
+                    self.resource.resource,
+                    self.sub_resource
+                        .as_deref()
+                        .map(|s| format!("/{s}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        self.object.as_ref().ok_or_else(|| {
+            Skip::new(SkipReason::InvalidPod, "the request carries no object")
+        })
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run.unwrap_or(false)
+    }
+}
+
+/// The answer: always allowed. A warning goes with every skip of a Pod that asked for
+/// injection, and with every error.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionResponse {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// The JSON Patch, base64-encoded as the API documents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: &'a AdmissionResponse,
+}
+
+/// Prefix of every warning, so users can tell who said it.
+pub const WARNING_PREFIX: &str = "tracehook: ";
+
+impl AdmissionResponse {
+    pub fn allow(uid: impl Into<String>) -> Self {
+        Self {
+            uid: uid.into(),
+            allowed: true,
+            patch_type: None,
+            patch: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The response for an engine decision.
+    pub fn for_decision(uid: impl Into<String>, decision: &Decision) -> Self {
+        let mut response = Self::allow(uid);
+        match decision {
+            Decision::Injected(injection) => {
+                let patch = serde_json::to_vec(&injection.patch)
+                    .expect("a JSON Patch of serde_json values always serializes");
+                response.patch_type = Some("JSONPatch");
+                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
+                response.warnings = injection
+                    .warnings
+                    .iter()
+                    .map(|w| format!("{WARNING_PREFIX}{w}"))
+                    .collect();
+            }
+            Decision::Skipped(skip) => response.warn(&skip.message),
+            Decision::NotRequested | Decision::AlreadyInjected | Decision::Ignored(_) => {}
+        }
+        response
+    }
+
+    pub fn warn(&mut self, message: &str) {
+        self.warnings.push(format!("{WARNING_PREFIX}{message}"));
+    }
+
+    /// The AdmissionReview v1 body.
+    pub fn into_review_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&ReviewOut {
+            api_version: API_VERSION,
+            kind: KIND,
+            response: self,
+        })
+        .expect("an AdmissionReview of strings always serializes")
+    }
+}

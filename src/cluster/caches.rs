@@ -1,0 +1,321 @@
+//! Reflector caches of what injection decisions read: Namespaces, `Jaeger` instances
+//! and the metadata of the workloads that own Pods (for the Jaeger operator's
+//! annotation on a Deployment, StatefulSet, …). Metadata-only watches, with
+//! managedFields dropped, keep the memory small.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::{StreamExt as _, future};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, PartialObjectMeta, ResourceExt as _};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::Snapshot;
+use crate::crd::Jaeger;
+use crate::inject::{EnvFromKeys, Instance, NamespaceMeta, Workload};
+
+/// How long one cache-miss GET may take: well inside the webhook's 5 s timeout.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(1500);
+
+type MetaStore<K> = Store<PartialObjectMeta<K>>;
+
+#[derive(Clone)]
+pub struct Caches {
+    client: Client,
+    namespaces: MetaStore<Namespace>,
+    instance_list: Arc<ArcSwap<Arc<[Instance]>>>,
+    replica_sets: MetaStore<ReplicaSet>,
+    deployments: MetaStore<Deployment>,
+    stateful_sets: MetaStore<StatefulSet>,
+    daemon_sets: MetaStore<DaemonSet>,
+    jobs: MetaStore<Job>,
+    cron_jobs: MetaStore<CronJob>,
+    synced: Arc<AtomicBool>,
+}
+
+impl Caches {
+    /// Starts the watches; [`Caches::is_synced`] turns true once every cache is filled.
+    pub fn start(client: Client) -> Self {
+        let instance_list: Arc<ArcSwap<Arc<[Instance]>>> =
+            Arc::new(ArcSwap::from_pointee(Arc::from(Vec::new())));
+        let (jaeger_store, jaeger_ready) = watch_instances(client.clone(), instance_list.clone());
+        let namespaces = watch_metadata::<Namespace>(client.clone());
+        let caches = Self {
+            namespaces: namespaces.clone(),
+            instance_list,
+            replica_sets: watch_metadata(client.clone()),
+            deployments: watch_metadata(client.clone()),
+            stateful_sets: watch_metadata(client.clone()),
+            daemon_sets: watch_metadata(client.clone()),
+            jobs: watch_metadata(client.clone()),
+            cron_jobs: watch_metadata(client.clone()),
+            synced: Arc::new(AtomicBool::new(false)),
+            client,
+        };
+        let waiting = caches.clone();
+        tokio::spawn(async move {
+            let all = future::join_all([
+                Box::pin(async { waiting.namespaces.wait_until_ready().await.is_ok() })
+                    as std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
+                Box::pin(async { jaeger_store.wait_until_ready().await.is_ok() }),
+                Box::pin(async { jaeger_ready.notified().await; true }),
+                Box::pin(async { waiting.replica_sets.wait_until_ready().await.is_ok() }),
+                Box::pin(async { waiting.deployments.wait_until_ready().await.is_ok() }),
+                Box::pin(async { waiting.stateful_sets.wait_until_ready().await.is_ok() }),
+                Box::pin(async { waiting.daemon_sets.wait_until_ready().await.is_ok() }),
+                Box::pin(async { waiting.jobs.wait_until_ready().await.is_ok() }),
+                Box::pin(async { waiting.cron_jobs.wait_until_ready().await.is_ok() }),
+            ])
+            .await;
+            if all.into_iter().all(|ok| ok) {
+                tracing::info!("caches synced");
+                waiting.synced.store(true, Ordering::Release);
+            }
+        });
+        caches
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The known instances, as the engine sees them.
+    pub fn instances(&self) -> Arc<[Instance]> {
+        self.instance_list.load_full().as_ref().clone()
+    }
+
+    pub async fn snapshot(&self, namespace: &str, pod: &Value) -> Snapshot {
+        let mut warnings = Vec::new();
+        let namespace_meta = match self.namespace(namespace).await {
+            Ok(meta) => meta,
+            Err(e) => {
+                warnings.push(format!("namespace {namespace} could not be read ({e}); its labels and annotations were not considered"));
+                NamespaceMeta::named(namespace)
+            }
+        };
+        let workload = match self.workload(namespace, pod).await {
+            Ok(w) => w,
+            Err(e) => {
+                warnings.push(format!("the Pod's owner could not be read ({e}); its annotations were not considered"));
+                None
+            }
+        };
+        let env_from = self.env_from(namespace, pod, &mut warnings).await;
+        Snapshot {
+            namespace: namespace_meta,
+            workload,
+            instances: self.instances(),
+            env_from,
+            warnings,
+        }
+    }
+
+    async fn namespace(&self, name: &str) -> Result<NamespaceMeta, String> {
+        let meta = cached_or_get(&self.namespaces, Api::all(self.client.clone()), None, name).await?;
+        Ok(match meta {
+            Some(ns) => NamespaceMeta {
+                name: name.to_owned(),
+                labels: ns.labels().clone(),
+                annotations: ns.annotations().clone(),
+            },
+            None => NamespaceMeta::named(name),
+        })
+    }
+
+    /// Follows the Pod's controller ownerReferences up to the workload a user wrote.
+    async fn workload(&self, namespace: &str, pod: &Value) -> Result<Option<Workload>, String> {
+        let Some((kind, name)) = controller_of(pod.get("metadata")) else {
+            return Ok(None);
+        };
+        let ns = Some(namespace);
+        match kind.as_str() {
+            "ReplicaSet" => {
+                let rs = cached_or_get(&self.replica_sets, Api::namespaced(self.client.clone(), namespace), ns, &name).await?;
+                let Some(rs) = rs else {
+                    return Ok(Some(workload("ReplicaSet", &name, None)));
+                };
+                match owner_of(rs.owner_references()) {
+                    Some((k, n)) if k == "Deployment" => {
+                        let d = cached_or_get(&self.deployments, Api::namespaced(self.client.clone(), namespace), ns, &n).await?;
+                        Ok(Some(workload("Deployment", &n, d.as_deref().map(|d| d.annotations()))))
+                    }
+                    // An Argo Rollout or another controller tracehook does not cache.
+                    Some((k, n)) => Ok(Some(workload(&k, &n, None))),
+                    None => Ok(Some(workload("ReplicaSet", &name, Some(rs.annotations())))),
+                }
+            }
+            "Job" => {
+                let job = cached_or_get(&self.jobs, Api::namespaced(self.client.clone(), namespace), ns, &name).await?;
+                let Some(job) = job else {
+                    return Ok(Some(workload("Job", &name, None)));
+                };
+                match owner_of(job.owner_references()) {
+                    Some((k, n)) if k == "CronJob" => {
+                        let c = cached_or_get(&self.cron_jobs, Api::namespaced(self.client.clone(), namespace), ns, &n).await?;
+                        Ok(Some(workload("CronJob", &n, c.as_deref().map(|c| c.annotations()))))
+                    }
+                    Some((k, n)) => Ok(Some(workload(&k, &n, None))),
+                    None => Ok(Some(workload("Job", &name, Some(job.annotations())))),
+                }
+            }
+            "StatefulSet" => {
+                let s = cached_or_get(&self.stateful_sets, Api::namespaced(self.client.clone(), namespace), ns, &name).await?;
+                Ok(Some(workload("StatefulSet", &name, s.as_deref().map(|s| s.annotations()))))
+            }
+            "DaemonSet" => {
+                let d = cached_or_get(&self.daemon_sets, Api::namespaced(self.client.clone(), namespace), ns, &name).await?;
+                Ok(Some(workload("DaemonSet", &name, d.as_deref().map(|d| d.annotations()))))
+            }
+            _ => Ok(Some(workload(&kind, &name, None))),
+        }
+    }
+
+    /// The keys of the ConfigMaps app containers import with `envFrom`, so variables
+    /// they define are not overridden. Secrets are never read.
+    async fn env_from(&self, namespace: &str, pod: &Value, warnings: &mut Vec<String>) -> EnvFromKeys {
+        let names: BTreeSet<&str> = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("envFrom")?.as_array())
+            .flatten()
+            .filter_map(|s| s.get("configMapRef")?.get("name")?.as_str())
+            .collect();
+        let mut config_maps = BTreeMap::new();
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        for name in names {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
+                Ok(Ok(Some(cm))) => {
+                    let mut keys: Vec<String> = cm.data.into_iter().flatten().map(|(k, _)| k).collect();
+                    keys.extend(cm.binary_data.into_iter().flatten().map(|(k, _)| k));
+                    config_maps.insert(name.to_owned(), keys);
+                }
+                // A missing ConfigMap defines nothing (the kubelet fails the container
+                // unless the reference is optional).
+                Ok(Ok(None)) => {
+                    config_maps.insert(name.to_owned(), Vec::new());
+                }
+                Ok(Err(e)) => warnings.push(format!("ConfigMap {name} could not be read ({e})")),
+                Err(_) => warnings.push(format!("ConfigMap {name} could not be read in time")),
+            }
+        }
+        EnvFromKeys { config_maps }
+    }
+}
+
+fn workload(kind: &str, name: &str, annotations: Option<&BTreeMap<String, String>>) -> Workload {
+    Workload {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        annotations: annotations.cloned().unwrap_or_default(),
+    }
+}
+
+fn controller_of(metadata: Option<&Value>) -> Option<(String, String)> {
+    let refs = metadata?.get("ownerReferences")?.as_array()?;
+    let owner = refs
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))?;
+    Some((
+        owner.get("kind")?.as_str()?.to_owned(),
+        owner.get("name")?.as_str()?.to_owned(),
+    ))
+}
+
+fn owner_of(refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]) -> Option<(String, String)> {
+    refs.iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| (r.kind.clone(), r.name.clone()))
+}
+
+/// The cached object, or — on a miss, e.g. an owner created a moment ago — one GET
+/// bounded by [`LOOKUP_TIMEOUT`]. `Ok(None)`: it does not exist.
+async fn cached_or_get<K>(
+    store: &MetaStore<K>,
+    api: Api<K>,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<Arc<PartialObjectMeta<K>>>, String>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let key = match namespace {
+        Some(ns) => ObjectRef::new(name).within(ns),
+        None => ObjectRef::new(name),
+    };
+    if let Some(found) = store.get(&key) {
+        return Ok(Some(found));
+    }
+    match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_metadata_opt(name)).await {
+        Ok(Ok(found)) => Ok(found.map(Arc::new)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", LOOKUP_TIMEOUT.as_millis())),
+    }
+}
+
+fn watch_metadata<K>(client: Client) -> MetaStore<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    // An Api of PartialObjectMeta makes metadata-only requests.
+    let api = Api::<PartialObjectMeta<K>>::all(client);
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|meta: &mut PartialObjectMeta<K>| meta.managed_fields_mut().clear())
+        .reflect(writer)
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+            }
+            future::ready(())
+        });
+    tokio::spawn(stream);
+    reader
+}
+
+fn watch_instances(
+    client: Client,
+    list: Arc<ArcSwap<Arc<[Instance]>>>,
+) -> (Store<Jaeger>, Arc<tokio::sync::Notify>) {
+    let (reader, writer) = reflector::store();
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let store = reader.clone();
+    let notify = ready.clone();
+    let stream = watcher(Api::<Jaeger>::all(client), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|j: &mut Jaeger| j.managed_fields_mut().clear())
+        .reflect(writer)
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::InitDone) | Ok(watcher::Event::Apply(_)) | Ok(watcher::Event::Delete(_)) => {
+                    let mut instances: Vec<Instance> =
+                        store.state().iter().filter_map(|j| j.to_instance()).collect();
+                    instances.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+                    list.store(Arc::new(Arc::from(instances)));
+                    notify.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "watch of Jaeger instances failed; retrying"),
+            }
+            future::ready(())
+        });
+    tokio::spawn(stream);
+    (reader, ready)
+}

@@ -1,0 +1,335 @@
+//! The `tracehook` command: `serve`, `inject`, `certs`, `crd`.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracehook::cluster::{Caches, FixedWorld, Lookup};
+use tracehook::cluster::events::EventSink;
+use tracehook::inject::{Flavor, InstanceRef, Settings};
+use tracehook::server::{self, Context};
+use tracehook::tls::{CertFiles, CertResolver};
+use tracehook::{Error, Result, certs, manifest};
+
+#[derive(Parser)]
+#[command(name = "tracehook", version, about = "Injects a tracing agent sidecar into Pods at admission")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the admission webhook (and, later, the reconciler).
+    Serve(Box<ServeArgs>),
+    /// Inject manifests offline, as the webhook would, and print YAML.
+    Inject(InjectArgs),
+    /// Write a CA and serving certificate for local use.
+    Certs(CertsArgs),
+    /// Print the Jaeger CustomResourceDefinition.
+    Crd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum NativeSidecars {
+    Auto,
+    True,
+    False,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FlavorArg {
+    JaegerAgent,
+    OtelCollector,
+}
+
+impl From<FlavorArg> for Flavor {
+    fn from(f: FlavorArg) -> Self {
+        match f {
+            FlavorArg::JaegerAgent => Flavor::JaegerAgent,
+            FlavorArg::OtelCollector => Flavor::OtelCollector,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct SidecarArgs {
+    /// Default sidecar flavor (an instance or Pod annotation can choose another).
+    #[arg(long, value_enum, default_value = "jaeger-agent", env = "TRACEHOOK_DEFAULT_FLAVOR")]
+    default_flavor: FlavorArg,
+    #[arg(long, default_value = tracehook::inject::DEFAULT_JAEGER_AGENT_IMAGE, env = "TRACEHOOK_JAEGER_AGENT_IMAGE")]
+    jaeger_agent_image: String,
+    #[arg(long, default_value = tracehook::inject::DEFAULT_OTEL_COLLECTOR_IMAGE, env = "TRACEHOOK_OTEL_COLLECTOR_IMAGE")]
+    otel_collector_image: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// HTTPS address of `POST /mutate`.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Plain-HTTP address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    probe_listen: SocketAddr,
+    /// Serving certificate (PEM); reloaded when it changes. Without it, a certificate
+    /// is generated in memory.
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// tracehook's own namespace (never injected).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tracehook")]
+    namespace: String,
+    /// The webhook's Service name, for the generated certificate.
+    #[arg(long, default_value = "tracehook")]
+    service_name: String,
+    /// Native sidecars: auto = when the API server is at least 1.29.
+    #[arg(long, value_enum, default_value = "auto")]
+    native_sidecars: NativeSidecars,
+    /// Serve without a cluster: no caches, Events or reconciler (namespaces are taken
+    /// to have no labels; for local experiments).
+    #[arg(long)]
+    no_cluster: bool,
+    /// Do not serve the webhook (run only the reconciler).
+    #[arg(long)]
+    no_webhook: bool,
+    /// Do not run the reconciler.
+    #[arg(long)]
+    no_reconciler: bool,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+    /// Log as JSON lines.
+    #[arg(long, env = "TRACEHOOK_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// A YAML or JSON file with one or more documents; `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    file: String,
+    /// The instance, NAMESPACE/NAME (default: what the annotation names).
+    #[arg(long)]
+    instance: Option<String>,
+    /// The sidecar flavor (default: the annotation's, else jaeger-agent).
+    #[arg(long, value_enum)]
+    flavor: Option<FlavorArg>,
+    /// Native sidecars (auto = true offline).
+    #[arg(long, value_enum, default_value = "auto")]
+    native_sidecars: NativeSidecars,
+    /// Namespace for documents that name none.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Where ca.crt, tls.crt and tls.key go.
+    #[arg(long, default_value = "certs")]
+    out: PathBuf,
+    #[arg(long, default_value = "tracehook")]
+    service: String,
+    #[arg(long, default_value = "tracehook")]
+    namespace: String,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    days: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Inject(args) => inject(args),
+        Command::Certs(args) => write_certs(args),
+        Command::Crd => {
+            print!("{}", tracehook::crd::crd_yaml());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracehook: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(sidecar: &SidecarArgs, native: bool, own_namespace: &str) -> Settings {
+    Settings {
+        jaeger_agent_image: sidecar.jaeger_agent_image.clone(),
+        otel_collector_image: sidecar.otel_collector_image.clone(),
+        default_flavor: sidecar.default_flavor.into(),
+        native_sidecars: native,
+        own_namespace: own_namespace.to_owned(),
+        ..Settings::default()
+    }
+}
+
+fn inject(args: InjectArgs) -> Result<()> {
+    let input = if args.file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Error::io("reading standard input", e))?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).map_err(|e| Error::io(format!("reading {}", args.file), e))?
+    };
+    let instance = args
+        .instance
+        .as_deref()
+        .map(|s| {
+            InstanceRef::parse(s)
+                .ok_or_else(|| Error::Config(format!("--instance {s:?} is not NAMESPACE/NAME")))
+        })
+        .transpose()?;
+    let native = !matches!(args.native_sidecars, NativeSidecars::False);
+    let options = manifest::Options {
+        settings: settings(&args.sidecar, native, ""),
+        instance,
+        flavor: args.flavor.map(Flavor::from),
+        namespace: args.namespace,
+    };
+    let output = manifest::inject_documents(&input, &options)?;
+    print!("{output}");
+    Ok(())
+}
+
+fn write_certs(args: CertsArgs) -> Result<()> {
+    let names = certs::service_names(&args.service, &args.namespace);
+    let bundle = certs::generate(&names, Duration::from_secs(args.days * 24 * 3600))?;
+    certs::write(&bundle, &args.out)?;
+    println!(
+        "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}",
+        args.out.display(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn serve(args: ServeArgs) -> Result<()> {
+    init_logging(args.log_json);
+    // One crypto provider for the whole process, chosen here rather than left to
+    // whichever crate asks first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let (lookup, events, native) = if args.no_cluster {
+        let native = !matches!(args.native_sidecars, NativeSidecars::False);
+        (Lookup::Fixed(Arc::new(FixedWorld::default())), None, native)
+    } else {
+        let client = kube::Client::try_default().await?;
+        let version = client.apiserver_version().await?;
+        let supports = native_sidecars_supported(&version.major, &version.minor);
+        let native = match args.native_sidecars {
+            NativeSidecars::Auto => supports,
+            NativeSidecars::True => true,
+            NativeSidecars::False => false,
+        };
+        tracing::info!(version = %version.git_version, native_sidecars = native, "connected to the API server");
+        let events = EventSink::new(client.clone(), std::env::var("POD_NAME").ok());
+        (Lookup::Live(Arc::new(Caches::start(client))), Some(events), native)
+    };
+    let mut ctx = Context::new(settings(&args.sidecar, native, &args.namespace), lookup);
+    ctx.events = events;
+    let ctx = Arc::new(ctx);
+
+    let probes = tokio::net::TcpListener::bind(args.probe_listen)
+        .await
+        .map_err(|e| Error::io(format!("binding {}", args.probe_listen), e))?;
+    let probes_router = server::probes_router(ctx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(probes, probes_router).await {
+            tracing::error!(error = %e, "the probe server stopped");
+        }
+    });
+
+    if args.no_webhook {
+        tracing::info!("webhook disabled (--no-webhook)");
+        shutdown_signal().await;
+        return Ok(());
+    }
+    let resolver = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let files = CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let (c, k) = files.read()?;
+            let resolver = Arc::new(CertResolver::new(&c, &k)?);
+            tokio::spawn(files.watch(resolver.clone(), Duration::from_secs(2)));
+            resolver
+        }
+        _ => {
+            let names = certs::service_names(&args.service_name, &args.namespace);
+            let bundle = tokio::task::spawn_blocking(move || {
+                certs::generate(&names, Duration::from_secs(365 * 24 * 3600))
+            })
+            .await
+            .map_err(|e| Error::Tls(format!("certificate generation panicked: {e}")))??;
+            Arc::new(CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())?)
+        }
+    };
+    let config = tracehook::tls::server_config(resolver)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Error::io(format!("binding {}", args.listen), e))?;
+    tracing::info!(address = %args.listen, probes = %args.probe_listen, "serving POST /mutate over TLS");
+    ctx.serving.store(true, std::sync::atomic::Ordering::Release);
+    server::serve_tls(
+        listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        server::admission_router(ctx),
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Native sidecars are on by default from Kubernetes 1.29.
+fn native_sidecars_supported(major: &str, minor: &str) -> bool {
+    let digits = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
+    matches!((digits(major), digits(minor)), (Some(1), Some(m)) if m >= 29)
+        || digits(major).is_some_and(|m| m > 1)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: draining connections");
+}

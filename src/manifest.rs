@@ -1,0 +1,190 @@
+//! `tracehook inject`: the engine applied to the pod templates of manifests, offline.
+//!
+//! Every document's pod template gets exactly what the webhook would give the Pod it
+//! becomes, as if its namespace were labelled for injection; the instance comes from
+//! the annotation, or from `--instance` when the annotation says `true` or nothing.
+//! Output fed back in comes out unchanged (the marker makes injection idempotent).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::inject::{
+    self, Decision, EnvFromKeys, Flavor, InstanceRef, Instances, NamespaceMeta, Settings, Workload,
+    keys,
+};
+use crate::{Error, Result};
+
+pub struct Options {
+    pub settings: Settings,
+    pub instance: Option<InstanceRef>,
+    /// Default flavor when no annotation chooses one.
+    pub flavor: Option<Flavor>,
+    /// Namespace of documents that name none.
+    pub namespace: String,
+}
+
+/// What happened to one document, for messages.
+#[derive(Debug, PartialEq)]
+pub struct Report {
+    pub document: usize,
+    pub kind: String,
+    pub name: String,
+    pub outcome: String,
+}
+
+/// Injects every pod template in a YAML or JSON stream and returns the YAML.
+pub fn inject_documents(input: &str, options: &Options) -> Result<String> {
+    let (docs, reports) = inject_values(input, options)?;
+    for r in &reports {
+        eprintln!(
+            "document {}: {} {}: {}",
+            r.document, r.kind, r.name, r.outcome
+        );
+    }
+    serde_saphyr::to_string_multiple(&docs)
+        .map_err(|e| Error::Manifest(format!("writing YAML: {e}")))
+}
+
+/// The documents after injection, with a report per document.
+pub fn inject_values(input: &str, options: &Options) -> Result<(Vec<Value>, Vec<Report>)> {
+    let mut docs = parse(input)?;
+    let mut settings = options.settings.clone();
+    if let Some(flavor) = options.flavor {
+        settings.default_flavor = flavor;
+    }
+    // ConfigMaps in the same stream tell which variables an envFrom defines.
+    let env_from = config_map_keys(&docs);
+    let mut reports = Vec::new();
+    for (index, doc) in docs.iter_mut().enumerate() {
+        inject_document(doc, index + 1, options, &settings, &env_from, &mut reports)?;
+    }
+    Ok((docs, reports))
+}
+
+fn parse(input: &str) -> Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(input).map_err(|e| {
+        let at = e.location().map(|l| {
+            let line = usize::try_from(l.line()).unwrap_or(usize::MAX);
+            let document = 1 + input
+                .lines()
+                .take(line.saturating_sub(1))
+                .filter(|l| l.starts_with("---"))
+                .count();
+            format!(" (document {document}, line {}, column {})", l.line(), l.column())
+        });
+        Error::Manifest(format!(
+            "the input is not valid YAML or JSON{}: {e}",
+            at.unwrap_or_default()
+        ))
+    })?;
+    Ok(docs)
+}
+
+fn config_map_keys(docs: &[Value]) -> EnvFromKeys {
+    let mut config_maps = BTreeMap::new();
+    for doc in docs {
+        if doc.get("kind").and_then(Value::as_str) == Some("ConfigMap")
+            && let Some(name) = doc.pointer("/metadata/name").and_then(Value::as_str)
+        {
+            let keys = ["data", "binaryData"]
+                .iter()
+                .filter_map(|k| doc.get(*k)?.as_object())
+                .flat_map(|m| m.keys().cloned())
+                .collect();
+            config_maps.insert(name.to_owned(), keys);
+        }
+    }
+    EnvFromKeys { config_maps }
+}
+
+/// Where a kind keeps its pod template.
+fn template_path(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
+            Some("/spec/template")
+        }
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+fn inject_document(
+    doc: &mut Value,
+    number: usize,
+    options: &Options,
+    settings: &Settings,
+    env_from: &EnvFromKeys,
+    reports: &mut Vec<Report>,
+) -> Result<()> {
+    let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    let kind = text(doc, "/kind").unwrap_or_default();
+    if kind == "List" {
+        if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
+            for item in items {
+                inject_document(item, number, options, settings, env_from, reports)?;
+            }
+        }
+        return Ok(());
+    }
+    let Some(path) = template_path(&kind) else {
+        return Ok(());
+    };
+    let name = text(doc, "/metadata/name").unwrap_or_default();
+    let namespace = text(doc, "/metadata/namespace").unwrap_or_else(|| options.namespace.clone());
+    let workload = (kind != "Pod").then(|| Workload {
+        kind: kind.clone(),
+        name: name.clone(),
+        annotations: doc
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    });
+    let mut ns = NamespaceMeta::named(&namespace);
+    ns.labels
+        .insert(keys::INJECTION_LABEL.to_owned(), "enabled".to_owned());
+    let Some(template) = doc.pointer_mut(path) else {
+        return Err(Error::Manifest(format!(
+            "document {number}: {kind} {name} has no pod template at {path}"
+        )));
+    };
+    let decision = inject::decide(&inject::Input {
+        pod: template,
+        namespace: &ns,
+        workload: workload.as_ref(),
+        instances: Instances::Offline {
+            default: options.instance.as_ref(),
+        },
+        env_from,
+        settings,
+    });
+    let outcome = match &decision {
+        Decision::Injected(injection) => {
+            json_patch::patch(template, &injection.patch).map_err(|e| {
+                Error::Manifest(format!("document {number}: {kind} {name}: applying the patch: {e}"))
+            })?;
+            let mut s = format!("injected {} for {}", injection.flavor, injection.instance);
+            for w in &injection.warnings {
+                s.push_str(&format!("; {w}"));
+            }
+            s
+        }
+        Decision::Skipped(skip) => format!("skipped: {}", skip.message),
+        Decision::AlreadyInjected => "already injected".to_owned(),
+        Decision::NotRequested => "injection disabled by annotation".to_owned(),
+        Decision::Ignored(reason) => format!("ignored ({})", reason.as_str()),
+    };
+    reports.push(Report {
+        document: number,
+        kind,
+        name,
+        outcome,
+    });
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The HTTP adapters: `POST /mutate` over TLS, and `/healthz`, `/readyz`, `/metrics`
+//! on a separate plain-HTTP port.
+//!
+//! The admission server accepts only `POST /mutate`, reads at most 4 MiB, bounds
+//! header reads and TLS handshakes in time and connections in number, and drains
+//! open connections on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument as _, Span, field};
+
+use crate::admission::{AdmissionResponse, AdmissionReview};
+use crate::cluster::Lookup;
+use crate::cluster::events::EventSink;
+use crate::inject::{self, Decision, Settings};
+use crate::metrics::Metrics;
+
+/// The largest AdmissionReview read; a bigger body gets 413.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time allowed for a TLS handshake, and for a client to send a request's headers.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time open connections get to finish on shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the handlers share.
+pub struct Context {
+    pub settings: Settings,
+    pub lookup: Lookup,
+    pub metrics: Metrics,
+    pub events: Option<EventSink>,
+    /// The TLS listener is up with a certificate.
+    pub serving: AtomicBool,
+}
+
+impl Context {
+    pub fn new(settings: Settings, lookup: Lookup) -> Self {
+        Self {
+            settings,
+            lookup,
+            metrics: Metrics::default(),
+            events: None,
+            serving: AtomicBool::new(false),
+        }
+    }
+}
+
+/// `POST /mutate`; any other method on it gets 405, any other path 404.
+pub fn admission_router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctx)
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn probes_router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
+    let serving = ctx.serving.load(Ordering::Acquire);
+    let synced = ctx.lookup.is_synced();
+    if serving && synced {
+        "ok".into_response()
+    } else {
+        let body = format!("not ready: tls listener up = {serving}, caches synced = {synced}\n");
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn mutate(State(ctx): State<Arc<Context>>, body: Bytes) -> Response {
+    let start = Instant::now();
+    ctx.metrics.in_flight.inc();
+    let span = tracing::info_span!(
+        "admission",
+        uid = field::Empty,
+        namespace = field::Empty,
+        outcome = field::Empty,
+        reason = field::Empty
+    );
+    let response = admit(&ctx, &body).instrument(span).await;
+    ctx.metrics.in_flight.dec();
+    ctx.metrics
+        .duration
+        .observe(start.elapsed().as_secs_f64());
+    match response {
+        Ok(review) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            review.into_review_json(),
+        )
+            .into_response(),
+        Err(message) => (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"error": message}).to_string(),
+        )
+            .into_response(),
+    }
+}
+
+/// Answers one AdmissionReview body. `Err` is a body that cannot be answered at all
+/// (not an AdmissionReview, no uid): the caller sends HTTP 400 with the message.
+pub async fn admit(ctx: &Context, body: &[u8]) -> Result<AdmissionResponse, String> {
+    let span = Span::current();
+    let request = match AdmissionReview::parse(body) {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.metrics.count("error", "bad_request");
+            span.record("outcome", "error");
+            tracing::warn!(error = %e, "rejected a malformed AdmissionReview");
+            return Err(e.to_string());
+        }
+    };
+    span.record("uid", request.uid.as_str());
+    let pod = match request.is_pod_create() {
+        Ok(pod) => pod,
+        Err(skip) => {
+            ctx.metrics.count("error", "not_a_pod_create");
+            span.record("outcome", "error");
+            tracing::warn!(reason = %skip.message, "admitted a request tracehook is not registered for");
+            let mut response = AdmissionResponse::allow(&request.uid);
+            response.warn(&skip.message);
+            return Ok(response);
+        }
+    };
+    let namespace = request
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or_else(|| pod.pointer("/metadata/namespace").and_then(|n| n.as_str()))
+        .unwrap_or("default");
+    span.record("namespace", namespace);
+
+    let snapshot = ctx.lookup.snapshot(namespace, pod).await;
+    let decision = inject::decide(&inject::Input {
+        pod,
+        namespace: &snapshot.namespace,
+        workload: snapshot.workload.as_ref(),
+        instances: inject::Instances::Known(&snapshot.instances),
+        env_from: &snapshot.env_from,
+        settings: &ctx.settings,
+    });
+
+    let reason = match &decision {
+        Decision::Skipped(skip) => skip.reason.as_str(),
+        Decision::Ignored(reason) => reason.as_str(),
+        _ => "",
+    };
+    ctx.metrics.count(decision.outcome(), reason);
+    span.record("outcome", decision.outcome());
+    span.record("reason", reason);
+    let mut response = AdmissionResponse::for_decision(&request.uid, &decision);
+    match &decision {
+        Decision::Injected(injection) => {
+            for w in &snapshot.warnings {
+                response.warn(w);
+            }
+            tracing::info!(instance = %injection.instance, flavor = %injection.flavor, "injected");
+        }
+        Decision::Skipped(skip) => {
+            for w in &snapshot.warnings {
+                response.warn(w);
+            }
+            tracing::info!(message = %skip.message, "skipped");
+            if let Some(events) = &ctx.events
+                && !request.is_dry_run()
+            {
+                events.skipped(namespace, pod, skip);
+            }
+        }
+        _ => tracing::debug!("no injection"),
+    }
+    Ok(response)
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` completes, then drains.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout");
+    }
+}

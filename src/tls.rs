@@ -1,0 +1,120 @@
+//! TLS for the admission endpoint: rustls (TLS 1.2 and 1.3 only) with a certificate
+//! resolver whose key pair is swapped atomically, so a renewed or reloaded certificate
+//! takes effect on the next handshake without restarting the listener.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::{Error, Result};
+
+/// Serves whatever key pair was stored last.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertResolver {
+    pub fn new(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        Ok(Self {
+            current: ArcSwap::from_pointee(certified_key(cert_pem, key_pem)?),
+        })
+    }
+
+    /// Replaces the key pair; handshakes already under way keep the old one.
+    pub fn swap(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<()> {
+        self.current.store(Arc::new(certified_key(cert_pem, key_pem)?));
+        Ok(())
+    }
+
+    /// The leaf certificate currently served (DER).
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.current.load().cert[0].clone()
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// Parses a PEM chain and key into a key pair rustls can serve.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("reading the certificate PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(Error::Tls("the certificate file holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| Error::Tls(format!("reading the private key PEM: {e}")))?;
+    CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| Error::Tls(format!("the certificate and key do not form a pair: {e}")))
+}
+
+/// The server configuration: TLS 1.2+, ALPN `h2` then `http/1.1`.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Certificate and key files, reloaded when their content changes. Secret volumes
+/// swap a symlink to a new directory, which file-event watches on the old inode miss;
+/// comparing contents on a short poll sees every form of update.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    pub fn read(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e));
+        Ok((read(&self.cert)?, read(&self.key)?))
+    }
+
+    /// Reloads into `resolver` whenever the files change, until the task is dropped.
+    pub async fn watch(self, resolver: Arc<CertResolver>, every: Duration) {
+        let mut last = self.read().ok();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let files = self.clone();
+            let Ok(read) = tokio::task::spawn_blocking(move || files.read()).await else {
+                continue;
+            };
+            match read {
+                Ok(now) if Some(&now) != last.as_ref() => match resolver.swap(&now.0, &now.1) {
+                    Ok(()) => {
+                        tracing::info!(cert = %self.cert.display(), "reloaded the serving certificate");
+                        last = Some(now);
+                    }
+                    // A half-written pair: keep serving the old one and retry.
+                    Err(e) => tracing::warn!(error = %e, "not reloading the serving certificate yet"),
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the serving certificate"),
+            }
+        }
+    }
+}
