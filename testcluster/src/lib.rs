@@ -608,6 +608,22 @@ impl Cluster {
         cmd
     }
 
+    /// Starts another process (a webhook under test, say) tied to the cluster like its
+    /// own components: stdout and stderr appended to `log`, and killed by the death
+    /// signal when the cluster's spawner thread ends (for [`shared`], when the test
+    /// process exits), so a failing test leaves no orphan. The caller owns the `Child`.
+    pub fn spawn_attached(&self, mut cmd: Command, log: &Path) -> Result<Child> {
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        process::configure(&mut cmd, Mode::Attached, log)?;
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        self.spawner
+            .spawn(cmd)
+            .with_context(|| format!("starting {program}"))
+    }
+
     /// The API server's `gitVersion` (`v1.35.4` for the pinned build).
     pub async fn server_version(&self) -> Result<String> {
         Ok(self.client().await?.apiserver_version().await?.git_version)

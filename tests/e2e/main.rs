@@ -1,0 +1,9 @@
+//! End-to-end tests against a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok, built from the official Go
+//! modules by tests/cluster/build.sh). One cluster and one `tracehook serve` process
+//! are shared by the whole binary; each test works in its own namespace.
+//!
+//! Missing binaries fail the run (testcluster builds them, or says why it cannot).
+
+mod support;
+mod webhook;

@@ -1,0 +1,521 @@
+//! The shared environment of the end-to-end tests: the cluster, the `Jaeger` CRD and
+//! instance `obs/test`, one `tracehook serve` process and its registration.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt as _};
+use serde_json::{Value, json};
+use testcluster::Cluster;
+use tracehook::crd::Jaeger;
+
+pub const INSTANCE_NS: &str = "obs";
+pub const INSTANCE: &str = "test";
+
+/// A `tracehook serve` process.
+pub struct Webhook {
+    child: Mutex<Option<Child>>,
+    pub port: u16,
+    pub probe_port: u16,
+    pub ca_pem: String,
+    pub log: PathBuf,
+}
+
+impl Webhook {
+    /// Starts `tracehook serve` against the cluster with a certificate from
+    /// `tracehook certs`, and waits for `/readyz`.
+    pub fn start(cluster: &Cluster, name: &str) -> Webhook {
+        let dir = cluster.dir().join(format!("tracehook-{name}"));
+        let certs = dir.join("certs");
+        let status = Command::new(env!("CARGO_BIN_EXE_tracehook"))
+            .args(["certs", "--out"])
+            .arg(&certs)
+            .status()
+            .expect("tracehook certs runs");
+        assert!(status.success(), "tracehook certs failed");
+        let port = free_port();
+        let probe_port = free_port();
+        let log = dir.join("serve.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracehook"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--probe-listen")
+            .arg(format!("127.0.0.1:{probe_port}"))
+            .arg("--tls-cert-file")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(certs.join("tls.key"))
+            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("RUST_LOG", "info,tracehook=debug");
+        let child = cluster
+            .spawn_attached(cmd, &log)
+            .expect("tracehook serve starts");
+        let ca_pem = std::fs::read_to_string(certs.join("ca.crt")).expect("ca.crt");
+        let webhook = Webhook {
+            child: Mutex::new(Some(child)),
+            port,
+            probe_port,
+            ca_pem,
+            log,
+        };
+        webhook.wait_ready(Duration::from_secs(60));
+        webhook
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((200, _)) = http_get(self.probe_port, "/readyz") {
+                return;
+            }
+            if let Some(child) = self.child.lock().expect("lock").as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("tracehook serve exited ({status}): {}", self.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracehook serve not ready after {timeout:?}: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().expect("lock").take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/mutate", self.port)
+    }
+
+    /// The value of one sample of `/metrics`, e.g.
+    /// `tracehook_admission_requests_total{outcome="already_injected",reason=""}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = http_get(self.probe_port, "/metrics").expect("metrics reachable");
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Env {
+    pub cluster: &'static Cluster,
+    pub webhook: Webhook,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+/// The shared environment, set up on first use.
+pub fn env() -> &'static Env {
+    ENV.get_or_init(|| {
+        let cluster = testcluster::shared();
+        // The set-up is async; the tests each have their own runtime, so it runs on a
+        // thread of its own.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .expect("runtime")
+                    .block_on(prepare_cluster(cluster))
+            })
+            .join()
+            .expect("cluster preparation")
+        });
+        let webhook = Webhook::start(cluster, "shared");
+        let config = webhook_configuration("tracehook", &webhook, "Ignore", None);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .expect("runtime")
+                    .block_on(async {
+                        let client = cluster.client().await.expect("client");
+                        apply(&client, &config).await;
+                    })
+            })
+            .join()
+            .expect("registration")
+        });
+        Env { cluster, webhook }
+    })
+}
+
+/// Installs the CRD and the instance `obs/test`.
+async fn prepare_cluster(cluster: &Cluster) {
+    let client = cluster.client().await.expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "jaegers.tracehook.dev",
+        &PatchParams::apply("tracehook-e2e").force(),
+        &Patch::Apply(Jaeger::crd()),
+    )
+    .await
+    .expect("CRD applied");
+    wait_until(
+        Duration::from_secs(30),
+        "the CRD is established",
+        || async {
+            crds.get("jaegers.tracehook.dev")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
+    .await;
+    cluster
+        .create_namespace(INSTANCE_NS)
+        .await
+        .expect("instance namespace");
+    let jaegers: Api<Jaeger> = Api::namespaced(client, INSTANCE_NS);
+    let instance: Jaeger = serde_json::from_value(json!({
+        "apiVersion": "tracehook.dev/v1alpha1",
+        "kind": "Jaeger",
+        "metadata": {"name": INSTANCE, "namespace": INSTANCE_NS},
+        "spec": {}
+    }))
+    .expect("instance");
+    jaegers
+        .create(&PostParams::default(), &instance)
+        .await
+        .expect("instance created");
+}
+
+/// The MutatingWebhookConfiguration of DESIGN.md, pointing at `webhook` by URL (how
+/// an out-of-cluster webhook is reached without kube-proxy). `only_namespace` narrows
+/// it to one namespace for tests that need a webhook of their own.
+pub fn webhook_configuration(
+    name: &str,
+    webhook: &Webhook,
+    failure_policy: &str,
+    only_namespace: Option<&str>,
+) -> MutatingWebhookConfiguration {
+    use base64::Engine as _;
+    let mut expressions = vec![json!({
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["kube-system", "kube-public", "kube-node-lease", "tracehook"]
+    })];
+    if let Some(ns) = only_namespace {
+        expressions.push(json!({
+            "key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]
+        }));
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "inject.tracehook.dev",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {
+                "url": webhook.url(),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(&webhook.ca_pem),
+            },
+            "rules": [{
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+                "scope": "Namespaced"
+            }],
+            "sideEffects": "NoneOnDryRun",
+            "reinvocationPolicy": "IfNeeded",
+            "failurePolicy": failure_policy,
+            "timeoutSeconds": 5,
+            "matchPolicy": "Equivalent",
+            "namespaceSelector": {
+                "matchLabels": {"tracehook.dev/injection": "enabled"},
+                "matchExpressions": expressions
+            }
+        }]
+    }))
+    .expect("a valid MutatingWebhookConfiguration")
+}
+
+pub async fn apply<K>(client: &Client, object: &K)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::Scope: ApiScope,
+{
+    let name = object.meta().name.clone().expect("named");
+    let api = K::Scope::api::<K>(client, object.meta().namespace.as_deref());
+    api.patch(
+        &name,
+        &PatchParams::apply("tracehook-e2e").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
+
+pub trait ApiScope {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = Self>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug;
+}
+
+impl ApiScope for k8s_openapi::ClusterResourceScope {
+    fn api<K>(client: &Client, _: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = Self>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::all(client.clone())
+    }
+}
+
+impl ApiScope for k8s_openapi::NamespaceResourceScope {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = Self>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(client.clone(), namespace.expect("namespaced object"))
+    }
+}
+
+/// A test's own namespace, with labels and annotations.
+pub async fn namespace(client: &Client, name: &str, labels: Value, annotations: Value) {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels, "annotations": annotations}
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    // The ServiceAccount admission plugin rejects Pods until `default` exists.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), name);
+    wait_until(
+        Duration::from_secs(30),
+        "the default ServiceAccount",
+        || async { sas.get_opt("default").await.ok().flatten().is_some() },
+    )
+    .await;
+}
+
+/// A labelled namespace (`tracehook.dev/injection=enabled`).
+pub async fn labelled_namespace(client: &Client, name: &str) {
+    namespace(
+        client,
+        name,
+        json!({"tracehook.dev/injection": "enabled"}),
+        json!({}),
+    )
+    .await;
+}
+
+pub fn pod(name: &str, annotations: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+    }))
+    .expect("pod")
+}
+
+pub async fn create_pod(client: &Client, namespace: &str, pod: &Pod) -> Pod {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating a Pod in {namespace}: {e}"))
+}
+
+/// The injected sidecar of a stored Pod, wherever it is.
+pub fn sidecar<'a>(pod: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v1::Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == name)
+}
+
+pub fn count_sidecars(pod: &Pod, name: &str) -> usize {
+    let Some(spec) = pod.spec.as_ref() else {
+        return 0;
+    };
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .filter(|c| c.name == name)
+        .count()
+}
+
+pub fn env_of(pod: &Pod, container: &str, var: &str) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == var)
+        .map(|e| e.value.clone().unwrap_or_else(|| "<valueFrom>".into()))
+}
+
+pub fn is_injected(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("tracehook.dev/status"))
+}
+
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    poll(timeout, what, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `check` until it yields a value, and returns that value.
+pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The Pods of a namespace whose labels match `selector`, once there are `count`.
+pub async fn wait_for_pods(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    count: usize,
+) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = kube::api::ListParams::default().labels(selector);
+    poll(
+        Duration::from_secs(60),
+        &format!("{count} Pods {selector} in {namespace}"),
+        || {
+            let api = api.clone();
+            let params = params.clone();
+            async move {
+                let items = api.list(&params).await.ok()?.items;
+                (items.len() >= count).then_some(items)
+            }
+        },
+    )
+    .await
+}
+
+/// A name no earlier call gave (for retried creations).
+pub fn fresh_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn delete_webhook_configuration(client: &Client, name: &str) {
+    let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// `kubectl` with a manifest on standard input; returns (success, stdout, stderr).
+pub fn kubectl_stdin(cluster: &Cluster, args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = cluster
+        .kubectl(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write manifest");
+    let out = child.wait_with_output().expect("kubectl finishes");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A plain-HTTP GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+pub mod labeller;
