@@ -95,9 +95,9 @@ impl AdmissionRequest {
                 ),
             ));
         }
-        self.object.as_ref().ok_or_else(|| {
-            Skip::new(SkipReason::InvalidPod, "the request carries no object")
-        })
+        self.object
+            .as_ref()
+            .ok_or_else(|| Skip::new(SkipReason::InvalidPod, "the request carries no object"))
     }
 
     pub fn is_dry_run(&self) -> bool {

@@ -84,7 +84,8 @@ fn name(common_name: &str) -> DistinguishedName {
 
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (owner-only) into `dir`.
 pub fn write(bundle: &Bundle, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let files = [
         ("ca.crt", &bundle.ca_pem),
         ("tls.crt", &bundle.cert_pem),

@@ -150,9 +150,11 @@ impl Jaeger {
         let namespace = self.metadata.namespace.clone()?;
         let name = self.metadata.name.clone()?;
         let sidecar = self.spec.sidecar.as_ref();
-        let quantity = |section: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, key: &str| {
-            section.and_then(|m| m.get(key)).map(|q| q.0.clone())
-        };
+        let quantity =
+            |section: Option<
+                &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+            >,
+             key: &str| { section.and_then(|m| m.get(key)).map(|q| q.0.clone()) };
         let resources = sidecar.and_then(|s| s.resources.as_ref());
         let requests = resources.and_then(|r| r.requests.as_ref());
         let limits = resources.and_then(|r| r.limits.as_ref());

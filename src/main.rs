@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracehook::cluster::{Caches, FixedWorld, Lookup};
 use tracehook::cluster::events::EventSink;
+use tracehook::cluster::{Caches, FixedWorld, Lookup};
 use tracehook::inject::{Flavor, InstanceRef, Settings};
 use tracehook::server::{self, Context};
 use tracehook::tls::{CertFiles, CertResolver};
 use tracehook::{Error, Result, certs, manifest};
 
 #[derive(Parser)]
-#[command(name = "tracehook", version, about = "Injects a tracing agent sidecar into Pods at admission")]
+#[command(
+    name = "tracehook",
+    version,
+    about = "Injects a tracing agent sidecar into Pods at admission"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,12 @@ impl From<FlavorArg> for Flavor {
 #[derive(Args, Clone)]
 struct SidecarArgs {
     /// Default sidecar flavor (an instance or Pod annotation can choose another).
-    #[arg(long, value_enum, default_value = "jaeger-agent", env = "TRACEHOOK_DEFAULT_FLAVOR")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "jaeger-agent",
+        env = "TRACEHOOK_DEFAULT_FLAVOR"
+    )]
     default_flavor: FlavorArg,
     #[arg(long, default_value = tracehook::inject::DEFAULT_JAEGER_AGENT_IMAGE, env = "TRACEHOOK_JAEGER_AGENT_IMAGE")]
     jaeger_agent_image: String,
@@ -181,7 +190,8 @@ fn inject(args: InjectArgs) -> Result<()> {
             .map_err(|e| Error::io("reading standard input", e))?;
         s
     } else {
-        std::fs::read_to_string(&args.file).map_err(|e| Error::io(format!("reading {}", args.file), e))?
+        std::fs::read_to_string(&args.file)
+            .map_err(|e| Error::io(format!("reading {}", args.file), e))?
     };
     let instance = args
         .instance
@@ -218,7 +228,9 @@ fn write_certs(args: CertsArgs) -> Result<()> {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -247,7 +259,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         };
         tracing::info!(version = %version.git_version, native_sidecars = native, "connected to the API server");
         let events = EventSink::new(client.clone(), std::env::var("POD_NAME").ok());
-        (Lookup::Live(Arc::new(Caches::start(client))), Some(events), native)
+        (
+            Lookup::Live(Arc::new(Caches::start(client))),
+            Some(events),
+            native,
+        )
     };
     let mut ctx = Context::new(settings(&args.sidecar, native, &args.namespace), lookup);
     ctx.events = events;
@@ -286,7 +302,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             })
             .await
             .map_err(|e| Error::Tls(format!("certificate generation panicked: {e}")))??;
-            Arc::new(CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())?)
+            Arc::new(CertResolver::new(
+                bundle.cert_pem.as_bytes(),
+                bundle.key_pem.as_bytes(),
+            )?)
         }
     };
     let config = tracehook::tls::server_config(resolver)?;
@@ -294,7 +313,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .map_err(|e| Error::io(format!("binding {}", args.listen), e))?;
     tracing::info!(address = %args.listen, probes = %args.probe_listen, "serving POST /mutate over TLS");
-    ctx.serving.store(true, std::sync::atomic::Ordering::Release);
+    ctx.serving
+        .store(true, std::sync::atomic::Ordering::Release);
     server::serve_tls(
         listener,
         tokio_rustls::TlsAcceptor::from(Arc::new(config)),
@@ -317,13 +337,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

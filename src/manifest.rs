@@ -71,7 +71,11 @@ fn parse(input: &str) -> Result<Vec<Value>> {
                 .take(line.saturating_sub(1))
                 .filter(|l| l.starts_with("---"))
                 .count();
-            format!(" (document {document}, line {}, column {})", l.line(), l.column())
+            format!(
+                " (document {document}, line {}, column {})",
+                l.line(),
+                l.column()
+            )
         });
         Error::Manifest(format!(
             "the input is not valid YAML or JSON{}: {e}",
@@ -102,9 +106,12 @@ fn config_map_keys(docs: &[Value]) -> EnvFromKeys {
 fn template_path(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
-            Some("/spec/template")
-        }
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some("/spec/template"),
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
         _ => None,
     }
@@ -167,7 +174,9 @@ fn inject_document(
     let outcome = match &decision {
         Decision::Injected(injection) => {
             json_patch::patch(template, &injection.patch).map_err(|e| {
-                Error::Manifest(format!("document {number}: {kind} {name}: applying the patch: {e}"))
+                Error::Manifest(format!(
+                    "document {number}: {kind} {name}: applying the patch: {e}"
+                ))
             })?;
             let mut s = format!("injected {} for {}", injection.flavor, injection.instance);
             for w in &injection.warnings {

@@ -113,9 +113,7 @@ async fn mutate(State(ctx): State<Arc<Context>>, body: Bytes) -> Response {
     );
     let response = admit(&ctx, &body).instrument(span).await;
     ctx.metrics.in_flight.dec();
-    ctx.metrics
-        .duration
-        .observe(start.elapsed().as_secs_f64());
+    ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
     match response {
         Ok(review) => (
             [(header::CONTENT_TYPE, "application/json")],

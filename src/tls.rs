@@ -30,7 +30,8 @@ impl CertResolver {
 
     /// Replaces the key pair; handshakes already under way keep the old one.
     pub fn swap(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<()> {
-        self.current.store(Arc::new(certified_key(cert_pem, key_pem)?));
+        self.current
+            .store(Arc::new(certified_key(cert_pem, key_pem)?));
         Ok(())
     }
 
@@ -58,7 +59,9 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Tls(format!("reading the certificate PEM: {e}")))?;
     if chain.is_empty() {
-        return Err(Error::Tls("the certificate file holds no certificate".into()));
+        return Err(Error::Tls(
+            "the certificate file holds no certificate".into(),
+        ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| Error::Tls(format!("reading the private key PEM: {e}")))?;
@@ -88,7 +91,9 @@ pub struct CertFiles {
 
 impl CertFiles {
     pub fn read(&self) -> Result<(Vec<u8>, Vec<u8>)> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e));
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))
+        };
         Ok((read(&self.cert)?, read(&self.key)?))
     }
 
@@ -110,7 +115,9 @@ impl CertFiles {
                         last = Some(now);
                     }
                     // A half-written pair: keep serving the old one and retry.
-                    Err(e) => tracing::warn!(error = %e, "not reloading the serving certificate yet"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "not reloading the serving certificate yet")
+                    }
                 },
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read the serving certificate"),

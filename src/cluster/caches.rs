@@ -69,7 +69,10 @@ impl Caches {
                 Box::pin(async { waiting.namespaces.wait_until_ready().await.is_ok() })
                     as std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
                 Box::pin(async { jaeger_store.wait_until_ready().await.is_ok() }),
-                Box::pin(async { jaeger_ready.notified().await; true }),
+                Box::pin(async {
+                    jaeger_ready.notified().await;
+                    true
+                }),
                 Box::pin(async { waiting.replica_sets.wait_until_ready().await.is_ok() }),
                 Box::pin(async { waiting.deployments.wait_until_ready().await.is_ok() }),
                 Box::pin(async { waiting.stateful_sets.wait_until_ready().await.is_ok() }),
@@ -111,7 +114,9 @@ impl Caches {
         let workload = match self.workload(namespace, pod).await {
             Ok(w) => w,
             Err(e) => {
-                warnings.push(format!("the Pod's owner could not be read ({e}); its annotations were not considered"));
+                warnings.push(format!(
+                    "the Pod's owner could not be read ({e}); its annotations were not considered"
+                ));
                 None
             }
         };
@@ -126,7 +131,8 @@ impl Caches {
     }
 
     async fn namespace(&self, name: &str) -> Result<NamespaceMeta, String> {
-        let meta = cached_or_get(&self.namespaces, Api::all(self.client.clone()), None, name).await?;
+        let meta =
+            cached_or_get(&self.namespaces, Api::all(self.client.clone()), None, name).await?;
         Ok(match meta {
             Some(ns) => NamespaceMeta {
                 name: name.to_owned(),
@@ -145,14 +151,30 @@ impl Caches {
         let ns = Some(namespace);
         match kind.as_str() {
             "ReplicaSet" => {
-                let rs = cached_or_get(&self.replica_sets, Api::namespaced(self.client.clone(), namespace), ns, &name).await?;
+                let rs = cached_or_get(
+                    &self.replica_sets,
+                    Api::namespaced(self.client.clone(), namespace),
+                    ns,
+                    &name,
+                )
+                .await?;
                 let Some(rs) = rs else {
                     return Ok(Some(workload("ReplicaSet", &name, None)));
                 };
                 match owner_of(rs.owner_references()) {
                     Some((k, n)) if k == "Deployment" => {
-                        let d = cached_or_get(&self.deployments, Api::namespaced(self.client.clone(), namespace), ns, &n).await?;
-                        Ok(Some(workload("Deployment", &n, d.as_deref().map(|d| d.annotations()))))
+                        let d = cached_or_get(
+                            &self.deployments,
+                            Api::namespaced(self.client.clone(), namespace),
+                            ns,
+                            &n,
+                        )
+                        .await?;
+                        Ok(Some(workload(
+                            "Deployment",
+                            &n,
+                            d.as_deref().map(|d| d.annotations()),
+                        )))
                     }
                     // An Argo Rollout or another controller tracehook does not cache.
                     Some((k, n)) => Ok(Some(workload(&k, &n, None))),
@@ -160,26 +182,62 @@ impl Caches {
                 }
             }
             "Job" => {
-                let job = cached_or_get(&self.jobs, Api::namespaced(self.client.clone(), namespace), ns, &name).await?;
+                let job = cached_or_get(
+                    &self.jobs,
+                    Api::namespaced(self.client.clone(), namespace),
+                    ns,
+                    &name,
+                )
+                .await?;
                 let Some(job) = job else {
                     return Ok(Some(workload("Job", &name, None)));
                 };
                 match owner_of(job.owner_references()) {
                     Some((k, n)) if k == "CronJob" => {
-                        let c = cached_or_get(&self.cron_jobs, Api::namespaced(self.client.clone(), namespace), ns, &n).await?;
-                        Ok(Some(workload("CronJob", &n, c.as_deref().map(|c| c.annotations()))))
+                        let c = cached_or_get(
+                            &self.cron_jobs,
+                            Api::namespaced(self.client.clone(), namespace),
+                            ns,
+                            &n,
+                        )
+                        .await?;
+                        Ok(Some(workload(
+                            "CronJob",
+                            &n,
+                            c.as_deref().map(|c| c.annotations()),
+                        )))
                     }
                     Some((k, n)) => Ok(Some(workload(&k, &n, None))),
                     None => Ok(Some(workload("Job", &name, Some(job.annotations())))),
                 }
             }
             "StatefulSet" => {
-                let s = cached_or_get(&self.stateful_sets, Api::namespaced(self.client.clone(), namespace), ns, &name).await?;
-                Ok(Some(workload("StatefulSet", &name, s.as_deref().map(|s| s.annotations()))))
+                let s = cached_or_get(
+                    &self.stateful_sets,
+                    Api::namespaced(self.client.clone(), namespace),
+                    ns,
+                    &name,
+                )
+                .await?;
+                Ok(Some(workload(
+                    "StatefulSet",
+                    &name,
+                    s.as_deref().map(|s| s.annotations()),
+                )))
             }
             "DaemonSet" => {
-                let d = cached_or_get(&self.daemon_sets, Api::namespaced(self.client.clone(), namespace), ns, &name).await?;
-                Ok(Some(workload("DaemonSet", &name, d.as_deref().map(|d| d.annotations()))))
+                let d = cached_or_get(
+                    &self.daemon_sets,
+                    Api::namespaced(self.client.clone(), namespace),
+                    ns,
+                    &name,
+                )
+                .await?;
+                Ok(Some(workload(
+                    "DaemonSet",
+                    &name,
+                    d.as_deref().map(|d| d.annotations()),
+                )))
             }
             _ => Ok(Some(workload(&kind, &name, None))),
         }
@@ -187,7 +245,12 @@ impl Caches {
 
     /// The keys of the ConfigMaps app containers import with `envFrom`, so variables
     /// they define are not overridden. Secrets are never read.
-    async fn env_from(&self, namespace: &str, pod: &Value, warnings: &mut Vec<String>) -> EnvFromKeys {
+    async fn env_from(
+        &self,
+        namespace: &str,
+        pod: &Value,
+        warnings: &mut Vec<String>,
+    ) -> EnvFromKeys {
         let names: BTreeSet<&str> = pod
             .pointer("/spec/containers")
             .and_then(Value::as_array)
@@ -202,7 +265,8 @@ impl Caches {
         for name in names {
             match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
                 Ok(Ok(Some(cm))) => {
-                    let mut keys: Vec<String> = cm.data.into_iter().flatten().map(|(k, _)| k).collect();
+                    let mut keys: Vec<String> =
+                        cm.data.into_iter().flatten().map(|(k, _)| k).collect();
                     keys.extend(cm.binary_data.into_iter().flatten().map(|(k, _)| k));
                     config_maps.insert(name.to_owned(), keys);
                 }
@@ -238,7 +302,9 @@ fn controller_of(metadata: Option<&Value>) -> Option<(String, String)> {
     ))
 }
 
-fn owner_of(refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]) -> Option<(String, String)> {
+fn owner_of(
+    refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+) -> Option<(String, String)> {
     refs.iter()
         .find(|r| r.controller == Some(true))
         .map(|r| (r.kind.clone(), r.name.clone()))
@@ -265,7 +331,10 @@ where
     match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_metadata_opt(name)).await {
         Ok(Ok(found)) => Ok(found.map(Arc::new)),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} ms", LOOKUP_TIMEOUT.as_millis())),
+        Err(_) => Err(format!(
+            "no answer within {} ms",
+            LOOKUP_TIMEOUT.as_millis()
+        )),
     }
 }
 
@@ -298,24 +367,32 @@ fn watch_instances(
     let ready = Arc::new(tokio::sync::Notify::new());
     let store = reader.clone();
     let notify = ready.clone();
-    let stream = watcher(Api::<Jaeger>::all(client), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|j: &mut Jaeger| j.managed_fields_mut().clear())
-        .reflect(writer)
-        .for_each(move |event| {
-            match event {
-                Ok(watcher::Event::InitDone) | Ok(watcher::Event::Apply(_)) | Ok(watcher::Event::Delete(_)) => {
-                    let mut instances: Vec<Instance> =
-                        store.state().iter().filter_map(|j| j.to_instance()).collect();
-                    instances.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-                    list.store(Arc::new(Arc::from(instances)));
-                    notify.notify_one();
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "watch of Jaeger instances failed; retrying"),
+    let stream = watcher(
+        Api::<Jaeger>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|j: &mut Jaeger| j.managed_fields_mut().clear())
+    .reflect(writer)
+    .for_each(move |event| {
+        match event {
+            Ok(watcher::Event::InitDone)
+            | Ok(watcher::Event::Apply(_))
+            | Ok(watcher::Event::Delete(_)) => {
+                let mut instances: Vec<Instance> = store
+                    .state()
+                    .iter()
+                    .filter_map(|j| j.to_instance())
+                    .collect();
+                instances.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+                list.store(Arc::new(Arc::from(instances)));
+                notify.notify_one();
             }
-            future::ready(())
-        });
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watch of Jaeger instances failed; retrying"),
+        }
+        future::ready(())
+    });
     tokio::spawn(stream);
     (reader, ready)
 }
