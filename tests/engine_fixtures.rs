@@ -176,11 +176,12 @@ fn env_value(entry: &Value) -> Option<String> {
 }
 
 fn fixtures() -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data"))
-        .expect("tests/data exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data"))
+            .expect("tests/data exists")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
     paths.sort();
     paths
 }
@@ -193,12 +194,21 @@ fn there_are_enough_fixtures() {
 #[rstest]
 fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
     let f = load(&path);
-    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let ctx = format!("{name} ({})", f.description);
     let body = serde_json::to_vec(&f.review).expect("review serializes");
     let request = AdmissionReview::parse(&body).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    let pod = request.is_pod_create().unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
-    let ns_name = request.namespace.clone().unwrap_or_else(|| "default".into());
+    let pod = request
+        .is_pod_create()
+        .unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
+    let ns_name = request
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let namespace = match &f.namespace {
         Some(n) => NamespaceMeta {
             name: n.name.clone().unwrap_or(ns_name),
@@ -207,7 +217,8 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
         },
         None => {
             let mut n = NamespaceMeta::named(ns_name);
-            n.labels.insert("tracehook.dev/injection".into(), "enabled".into());
+            n.labels
+                .insert("tracehook.dev/injection".into(), "enabled".into());
             n
         }
     };
@@ -234,9 +245,15 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
     assert!(response.allowed, "{ctx}: always allowed");
 
     let e = &f.expect;
-    assert_eq!(decision.outcome(), e.decision, "{ctx}: decision was {decision:?}");
+    assert_eq!(
+        decision.outcome(),
+        e.decision,
+        "{ctx}: decision was {decision:?}"
+    );
     match (&decision, &e.reason) {
-        (Decision::Skipped(skip), Some(reason)) => assert_eq!(skip.reason.as_str(), reason, "{ctx}"),
+        (Decision::Skipped(skip), Some(reason)) => {
+            assert_eq!(skip.reason.as_str(), reason, "{ctx}")
+        }
         (Decision::Ignored(r), Some(reason)) => assert_eq!(r.as_str(), reason, "{ctx}"),
         (_, None) => {}
         (d, Some(reason)) => panic!("{ctx}: expected reason {reason}, got {d:?}"),
@@ -249,7 +266,11 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
         );
     }
     if e.no_warnings {
-        assert!(response.warnings.is_empty(), "{ctx}: {:?}", response.warnings);
+        assert!(
+            response.warnings.is_empty(),
+            "{ctx}: {:?}",
+            response.warnings
+        );
     }
     if matches!(decision, Decision::Skipped(_)) {
         assert!(!response.warnings.is_empty(), "{ctx}: a skip always warns");
@@ -268,7 +289,8 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
         .expect("patch is base64");
     let patch: json_patch::Patch = serde_json::from_slice(&raw).expect("patch is a JSON Patch");
     let mut result = pod.clone();
-    json_patch::patch(&mut result, &patch).unwrap_or_else(|err| panic!("{ctx}: patch applies: {err}"));
+    json_patch::patch(&mut result, &patch)
+        .unwrap_or_else(|err| panic!("{ctx}: patch applies: {err}"));
     serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(result.clone())
         .unwrap_or_else(|err| panic!("{ctx}: result is a Pod: {err}"));
 
@@ -308,11 +330,15 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
         }
     }
     for (key, want) in &e.labels {
-        let got = result["metadata"]["labels"][key].as_str().map(str::to_owned);
+        let got = result["metadata"]["labels"][key]
+            .as_str()
+            .map(str::to_owned);
         assert_eq!(&got, want, "{ctx}: label {key}");
     }
     for (key, want) in &e.annotations {
-        let got = result["metadata"]["annotations"][key].as_str().map(str::to_owned);
+        let got = result["metadata"]["annotations"][key]
+            .as_str()
+            .map(str::to_owned);
         assert_eq!(&got, want, "{ctx}: annotation {key}");
     }
     let status: Value = serde_json::from_str(

@@ -110,7 +110,10 @@ impl<'c> Existing<'c> {
     }
 
     fn value(&self, name: &str) -> Option<Option<&'c str>> {
-        self.direct.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.direct
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 
     /// Set directly or by a known envFrom key.
@@ -145,7 +148,10 @@ pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys)
         "k8s.namespace.name={},k8s.pod.name=$(POD_NAME)",
         plan.namespace
     );
-    if let Some(w) = plan.workload.filter(|w| !w.kind.is_empty() && !w.name.is_empty()) {
+    if let Some(w) = plan
+        .workload
+        .filter(|w| !w.kind.is_empty() && !w.name.is_empty())
+    {
         attributes.push_str(&format!(
             ",k8s.{}.name={}",
             w.kind.to_ascii_lowercase(),

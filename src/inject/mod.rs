@@ -109,7 +109,10 @@ impl Resources {
     /// Fields set in `over` replace those in `self`.
     pub fn overlay(&self, over: &Resources) -> Resources {
         Resources {
-            cpu_request: over.cpu_request.clone().or_else(|| self.cpu_request.clone()),
+            cpu_request: over
+                .cpu_request
+                .clone()
+                .or_else(|| self.cpu_request.clone()),
             memory_request: over
                 .memory_request
                 .clone()

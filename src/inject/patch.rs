@@ -81,7 +81,11 @@ mod tests {
     fn creates_missing_maps_and_arrays_whole() {
         let mut b = PatchBuilder::default();
         b.insert(None, &["metadata", "labels"], "k", json!("v"));
-        b.append(None, &["spec", "initContainers"], vec![json!({"name": "x"})]);
+        b.append(
+            None,
+            &["spec", "initContainers"],
+            vec![json!({"name": "x"})],
+        );
         let patch = serde_json::to_value(b.build()).expect("serializes");
         assert_eq!(
             patch,

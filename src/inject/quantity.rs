@@ -62,7 +62,9 @@ mod tests {
 
     #[test]
     fn rejects_what_the_api_server_rejects() {
-        for bad in ["", "m", "abc", "1.2.3", "10 m", "10mi", "1e", "--1", "1Zi", "."] {
+        for bad in [
+            "", "m", "abc", "1.2.3", "10 m", "10mi", "1e", "--1", "1Zi", ".",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

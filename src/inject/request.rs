@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 use super::instance::{self, Target};
 use super::patch::PatchBuilder;
 use super::{
-    Decision, Flavor, Injection, Input, Resources, Skip, SkipReason, Workload, env, keys,
-    quantity, sidecar,
+    Decision, Flavor, Injection, Input, Resources, Skip, SkipReason, Workload, env, keys, quantity,
+    sidecar,
 };
 
 /// Decides what to do with one Pod and builds the patch. Pure: no I/O, no clock.
@@ -93,11 +93,11 @@ pub fn decide(input: &Input<'_>) -> Decision {
         );
     }
 
-    let (instance, instance_sidecar) =
-        match instance::resolve(&target, namespace, input.instances) {
-            Ok(found) => found,
-            Err(skip) => return Decision::Skipped(skip),
-        };
+    let (instance, instance_sidecar) = match instance::resolve(&target, namespace, input.instances)
+    {
+        Ok(found) => found,
+        Err(skip) => return Decision::Skipped(skip),
+    };
 
     let flavor = match pod_annotation(keys::SIDECAR_FLAVOR) {
         Some(value) => match Flavor::parse(value) {
@@ -285,10 +285,16 @@ fn requested<'a>(
             });
         }
     }
-    Ok(match namespace.labels.get(keys::INJECTION_LABEL).map(String::as_str) {
-        Some("enabled") => Some(Target::Any),
-        _ => None,
-    })
+    Ok(
+        match namespace
+            .labels
+            .get(keys::INJECTION_LABEL)
+            .map(String::as_str)
+        {
+            Some("enabled") => Some(Target::Any),
+            _ => None,
+        },
+    )
 }
 
 fn annotation_of(map: &BTreeMap<String, String>) -> Option<&str> {
@@ -310,7 +316,10 @@ fn parse_request(value: &str) -> Result<Option<Target>, ()> {
 
 /// The container list `key` of the spec: `Ok(None)` if absent, an error if it is not
 /// a list of objects with names.
-fn container_list<'a>(spec: &'a Map<String, Value>, key: &str) -> Result<Option<Vec<&'a Value>>, Skip> {
+fn container_list<'a>(
+    spec: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<Vec<&'a Value>>, Skip> {
     let Some(list) = spec.get(key) else {
         return Ok(None);
     };
@@ -387,7 +396,12 @@ fn sidecar_resources<'a>(
     }
     let value = |q: &Option<String>| q.as_deref().and_then(quantity::parse);
     for (what, request, limit, user_limit) in [
-        ("cpu", &out.cpu_request, &mut out.cpu_limit, &chosen.cpu_limit),
+        (
+            "cpu",
+            &out.cpu_request,
+            &mut out.cpu_limit,
+            &chosen.cpu_limit,
+        ),
         (
             "memory",
             &out.memory_request,
@@ -415,7 +429,10 @@ fn sidecar_resources<'a>(
 }
 
 /// A port of the sidecar that a container of the Pod declares too.
-fn port_clash<'a>(flavor: Flavor, containers: impl Iterator<Item = &'a &'a Value>) -> Option<String> {
+fn port_clash<'a>(
+    flavor: Flavor,
+    containers: impl Iterator<Item = &'a &'a Value>,
+) -> Option<String> {
     let ours = sidecar::ports(flavor);
     for c in containers {
         for port in c
