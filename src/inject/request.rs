@@ -362,8 +362,9 @@ fn is_image(value: &str) -> bool {
 }
 
 /// Defaults, then the instance's `spec.sidecar.resources`, then the Pod's annotations.
-/// A request above a limit that only came from the defaults raises that limit; above
-/// a limit the user set, it is an error (the API server would reject the Pod).
+/// A request above a limit that only came from the defaults raises that limit; a
+/// default request above a limit the user set is lowered to it; a request the user
+/// set above a limit the user set is an error (the API server would reject the Pod).
 fn sidecar_resources<'a>(
     defaults: &Resources,
     instance: &Resources,
@@ -395,34 +396,40 @@ fn sidecar_resources<'a>(
         }
     }
     let value = |q: &Option<String>| q.as_deref().and_then(quantity::parse);
-    for (what, request, limit, user_limit) in [
+    for (what, request, limit, user_request, user_limit) in [
         (
             "cpu",
-            &out.cpu_request,
+            &mut out.cpu_request,
             &mut out.cpu_limit,
+            &chosen.cpu_request,
             &chosen.cpu_limit,
         ),
         (
             "memory",
-            &out.memory_request,
+            &mut out.memory_request,
             &mut out.memory_limit,
+            &chosen.memory_request,
             &chosen.memory_limit,
         ),
     ] {
         if let (Some(r), Some(l)) = (value(request), value(limit))
             && r > l
         {
-            if user_limit.is_some() {
-                return Err(Skip::new(
-                    SkipReason::InvalidAnnotation,
-                    format!(
-                        "the sidecar's {what} request {} is above its limit {}",
-                        request.as_deref().unwrap_or_default(),
-                        limit.as_deref().unwrap_or_default()
-                    ),
-                ));
+            match (user_request.is_some(), user_limit.is_some()) {
+                (true, true) => {
+                    return Err(Skip::new(
+                        SkipReason::InvalidAnnotation,
+                        format!(
+                            "the sidecar's {what} request {} is above its limit {}",
+                            request.as_deref().unwrap_or_default(),
+                            limit.as_deref().unwrap_or_default()
+                        ),
+                    ));
+                }
+                // Only the default request is in the way of the user's limit.
+                (false, true) => *request = limit.clone(),
+                _ => *limit = request.clone(),
             }
-            *limit = request.clone();
         }
     }
     Ok(out)
@@ -521,6 +528,23 @@ mod tests {
         assert!(label.len() <= 63, "{label}");
         assert_ne!(label, marker_label(&long, &"b".repeat(63)));
         assert_eq!(marker_label("obs", "test"), "obs.test");
+    }
+
+    #[test]
+    fn user_limit_below_the_default_request_lowers_the_request() {
+        let defaults = crate::inject::Settings::default().default_resources;
+        let pod = |key: &str| (key == keys::SIDECAR_MEMORY_LIMIT).then_some("16Mi");
+        let r = sidecar_resources(&defaults, &Resources::default(), &pod).expect("valid");
+        assert_eq!(r.memory_request.as_deref(), Some("16Mi"));
+        assert_eq!(r.memory_limit.as_deref(), Some("16Mi"));
+
+        let both = |key: &str| match key {
+            keys::SIDECAR_MEMORY_LIMIT => Some("16Mi"),
+            keys::SIDECAR_MEMORY_REQUEST => Some("64Mi"),
+            _ => None,
+        };
+        let err = sidecar_resources(&defaults, &Resources::default(), &both).expect_err("above");
+        assert_eq!(err.reason, SkipReason::InvalidAnnotation);
     }
 
     #[test]
