@@ -89,8 +89,11 @@ struct Expect {
     no_warnings: bool,
     /// `initContainers` or `containers`: where the sidecar must be.
     sidecar_in: Option<String>,
-    /// A subset of the injected sidecar container.
+    /// A subset of the injected sidecar container (a value of `null`: must be absent).
     sidecar: Option<Value>,
+    /// A subset of the `otel-collector` sidecar's inline configuration (`OTEL_CONFIG`,
+    /// read as YAML).
+    sidecar_config: Option<Value>,
     /// Arguments the sidecar must have, exactly as listed (in order).
     sidecar_args: Option<Vec<String>>,
     /// Container name → variable → expected value (`null`: must be absent). A
@@ -107,6 +110,9 @@ struct Expect {
     status: Option<Value>,
     /// Instance `ns/name` the Pod was injected for.
     instance: Option<String>,
+    /// A subset of the whole patched Pod (a value of `null`: must be absent), for what
+    /// the other fields cannot say: order of containers, fields left untouched.
+    result: Option<Value>,
 }
 
 fn load(path: &Path) -> Fixture {
@@ -151,13 +157,14 @@ fn instances(f: &Option<Vec<InstanceFixture>>) -> Vec<Instance> {
         .collect()
 }
 
-/// Every key of `expected` is in `actual` with a matching value; arrays match
-/// element by element and must have the same length.
+/// Every key of `expected` is in `actual` with a matching value, or absent when
+/// expected as `null`; arrays match element by element and must have the same length.
 fn is_subset(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => e
-            .iter()
-            .all(|(k, v)| a.get(k).is_some_and(|av| is_subset(v, av))),
+        (Value::Object(e), Value::Object(a)) => e.iter().all(|(k, v)| match a.get(k) {
+            Some(av) => is_subset(v, av),
+            None => v.is_null(),
+        }),
         (Value::Array(e), Value::Array(a)) => {
             e.len() == a.len() && e.iter().zip(a).all(|(ev, av)| is_subset(ev, av))
         }
@@ -313,6 +320,16 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
     if let Some(expected) = &e.sidecar {
         assert!(is_subset(expected, &sidecar), "{ctx}: sidecar {sidecar:#}");
     }
+    if let Some(expected) = &e.sidecar_config {
+        let config = sidecar["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|v| v["name"] == "OTEL_CONFIG"))
+            .and_then(|v| v["value"].as_str())
+            .unwrap_or_else(|| panic!("{ctx}: the sidecar has no OTEL_CONFIG"));
+        let config: Value = serde_saphyr::from_str(config)
+            .unwrap_or_else(|err| panic!("{ctx}: OTEL_CONFIG is YAML: {err}"));
+        assert!(is_subset(expected, &config), "{ctx}: config {config:#}");
+    }
     if let Some(args) = &e.sidecar_args {
         assert_eq!(&sidecar["args"], &serde_json::json!(args), "{ctx}");
     }
@@ -340,6 +357,9 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
             .as_str()
             .map(str::to_owned);
         assert_eq!(&got, want, "{ctx}: annotation {key}");
+    }
+    if let Some(expected) = &e.result {
+        assert!(is_subset(expected, &result), "{ctx}: result {result:#}");
     }
     let status: Value = serde_json::from_str(
         result["metadata"]["annotations"]["tracehook.dev/status"]
