@@ -5,10 +5,14 @@
 //! cargo xtask cluster up                     start a local cluster in target/cluster/ and return when ready
 //! cargo xtask cluster status                 is it up?
 //! cargo xtask cluster down                   stop it and remove target/cluster/
+//! cargo xtask demo                           the demo: cluster, tracehook, HotROD, the injected Pod
+//! cargo xtask demo down                      stop the demo and the cluster
 //! ```
 //!
 //! `up` runs the same control plane the tests use (the `testcluster` crate), detached
 //! from this process: `KUBECONFIG=target/cluster/kubeconfig kubectl get ns`.
+
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use testcluster::{Cluster, Component, Options};
 
-const USAGE: &str = "usage: cargo xtask cluster <build [--regenerate] | up | status | down>";
+const USAGE: &str = "usage: cargo xtask cluster <build [--regenerate] | up | status | down> | cargo xtask demo [down]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +31,8 @@ fn main() -> ExitCode {
         ["cluster", "up"] => up(),
         ["cluster", "status"] => status(),
         ["cluster", "down"] => down(),
+        ["demo"] => demo::up(),
+        ["demo", "down"] => demo::down(),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
