@@ -121,10 +121,10 @@ pub fn up() -> Result<()> {
         "applying Jaeger obs/test and the HotROD example (namespace hotrod, labelled)",
     );
     let examples = root.join("manifests/examples");
-    run(&mut kubectl(&["apply", "-f"]).arg(examples.join("jaeger.yaml")))?;
+    run(kubectl(&["apply", "-f"]).arg(examples.join("jaeger.yaml")))?;
     // The webhook sees a new instance through its watch; give it a moment.
     std::thread::sleep(Duration::from_secs(2));
-    run(&mut kubectl(&["apply", "-f"]).arg(examples.join("hotrod.yaml")))?;
+    run(kubectl(&["apply", "-f"]).arg(examples.join("hotrod.yaml")))?;
 
     step(
         started,
