@@ -103,6 +103,10 @@ struct ServeArgs {
     /// to have no labels; for local experiments).
     #[arg(long)]
     no_cluster: bool,
+    /// With --no-cluster: the Jaeger instances that exist, as NAMESPACE/NAME
+    /// (repeatable).
+    #[arg(long = "instance", requires = "no_cluster", value_parser = parse_instance)]
+    instances: Vec<InstanceRef>,
     /// Do not serve the webhook (run only the reconciler).
     #[arg(long)]
     no_webhook: bool,
@@ -182,6 +186,10 @@ fn settings(sidecar: &SidecarArgs, native: bool, own_namespace: &str) -> Setting
     }
 }
 
+fn parse_instance(value: &str) -> Result<InstanceRef, String> {
+    InstanceRef::parse(value).ok_or_else(|| format!("{value:?} is not NAMESPACE/NAME"))
+}
+
 fn inject(args: InjectArgs) -> Result<()> {
     let input = if args.file == "-" {
         let mut s = String::new();
@@ -196,10 +204,7 @@ fn inject(args: InjectArgs) -> Result<()> {
     let instance = args
         .instance
         .as_deref()
-        .map(|s| {
-            InstanceRef::parse(s)
-                .ok_or_else(|| Error::Config(format!("--instance {s:?} is not NAMESPACE/NAME")))
-        })
+        .map(|s| parse_instance(s).map_err(|e| Error::Config(format!("--instance {e}"))))
         .transpose()?;
     let native = !matches!(args.native_sidecars, NativeSidecars::False);
     let options = manifest::Options {
@@ -247,7 +252,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let (lookup, events, native) = if args.no_cluster {
         let native = !matches!(args.native_sidecars, NativeSidecars::False);
-        (Lookup::Fixed(Arc::new(FixedWorld::default())), None, native)
+        let instances = args
+            .instances
+            .iter()
+            .map(|r| tracehook::inject::Instance {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>();
+        let world = FixedWorld {
+            instances: instances.into(),
+            ..FixedWorld::default()
+        };
+        (Lookup::Fixed(Arc::new(world)), None, native)
     } else {
         let client = kube::Client::try_default().await?;
         let version = client.apiserver_version().await?;

@@ -161,6 +161,33 @@ async fn valid_review_gets_a_json_patch() {
     assert_injected(&review, "705ab4f5-6393-11e8-b7cc-42010a800002");
 }
 
+/// The raw AdmissionReviews in tests/data/reviews (the README's curl example uses
+/// them) are answered with a patch that applies to their own Pod.
+#[tokio::test]
+async fn review_files_get_a_patch_that_applies() {
+    let ctx = context();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reviews");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("tests/data/reviews") {
+        let path = entry.expect("entry").path();
+        let body = std::fs::read(&path).expect("readable");
+        let sent: Value = serde_json::from_slice(&body).expect("JSON");
+        let (status, _, review) = post_mutate(&ctx, body).await;
+        assert_eq!(status, StatusCode::OK, "{}", path.display());
+        let response = &review["response"];
+        assert_eq!(response["uid"], sent["request"]["uid"]);
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().expect("a patch"))
+            .expect("base64");
+        let patch: json_patch::Patch = serde_json::from_slice(&raw).expect("a JSON Patch");
+        let mut pod = sent["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).expect("applies");
+        assert!(pod["metadata"]["annotations"]["tracehook.dev/status"].is_string());
+        seen += 1;
+    }
+    assert!(seen > 0, "no review files");
+}
+
 #[tokio::test]
 async fn invalid_json_is_400_with_a_json_error() {
     let (status, content_type, body) = post_mutate(&context(), "{not json").await;
