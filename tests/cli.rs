@@ -1,0 +1,221 @@
+//! The `tracehook` command as users run it: `inject`, `certs`, `crd`.
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn tracehook(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracehook"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tracehook runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("tracehook finishes")
+}
+
+fn docs(yaml: &[u8]) -> Vec<Value> {
+    serde_saphyr::from_multiple(std::str::from_utf8(yaml).expect("utf-8")).expect("YAML output")
+}
+
+const DEPLOYMENT: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+  namespace: retail
+spec:
+  selector:
+    matchLabels: {app: shop}
+  template:
+    metadata:
+      labels: {app: shop}
+    spec:
+      containers:
+        - name: shop
+          image: registry.example/shop:1
+          env:
+            - name: OTEL_SERVICE_NAME
+              value: storefront
+";
+
+#[test]
+fn inject_gives_a_deployment_template_one_native_jaeger_agent_and_the_env() {
+    let out = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], DEPLOYMENT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = &docs(&out.stdout)[0];
+    let spec = &doc["spec"]["template"]["spec"];
+    let init = spec["initContainers"].as_array().expect("init containers");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0]["name"], "jaeger-agent");
+    assert_eq!(init[0]["restartPolicy"], "Always");
+    let env = spec["containers"][0]["env"].as_array().expect("env");
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        value("OTEL_SERVICE_NAME").as_deref(),
+        Some("storefront"),
+        "kept"
+    );
+    assert_eq!(value("JAEGER_SERVICE_NAME").as_deref(), Some("shop.retail"));
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://test-collector.obs.svc:4317")
+    );
+    // The Deployment itself is not annotated: only its pod template gets the marker.
+    assert!(doc["metadata"]["annotations"].is_null());
+    assert!(doc["spec"]["template"]["metadata"]["annotations"]["tracehook.dev/status"].is_string());
+}
+
+#[test]
+fn inject_output_fed_back_in_is_identical() {
+    let first = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], DEPLOYMENT);
+    assert!(first.status.success());
+    let text = String::from_utf8(first.stdout).expect("utf-8");
+    let second = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], &text);
+    assert!(second.status.success());
+    assert_eq!(String::from_utf8(second.stdout).expect("utf-8"), text);
+}
+
+#[test]
+fn inject_handles_every_workload_kind_and_passes_others_through() {
+    // A pod template under `template:` at the given indentation.
+    let template = |indent: usize| {
+        let pad = " ".repeat(indent);
+        format!(
+            "\n{pad}metadata: {{labels: {{app: x}}}}\n{pad}spec:\n{pad}  containers: [{{name: x, image: registry.example/x:1}}]"
+        )
+    };
+    let (t4, t8) = (template(4), template(8));
+    let input = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{k: v}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: x, image: registry.example/x:1}}]\n---\n\
+         apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: s}}\nspec:\n  template:{t4}\n---\n\
+         apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: d}}\nspec:\n  template:{t4}\n---\n\
+         apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: r}}\nspec:\n  template:{t4}\n---\n\
+         apiVersion: batch/v1\nkind: Job\nmetadata: {{name: j}}\nspec:\n  template:{t4}\n---\n\
+         apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: cj}}\nspec:\n  schedule: '* * * * *'\n  jobTemplate:\n    spec:\n      template:{t8}\n"
+    );
+    let out = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], &input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = docs(&out.stdout);
+    assert_eq!(docs.len(), 7);
+    assert_eq!(docs[0]["data"]["k"], "v");
+    assert!(docs[0].get("spec").is_none(), "a ConfigMap passes through");
+    let injected = |v: &Value, pointer: &str| {
+        v.pointer(pointer)
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "jaeger-agent"))
+    };
+    assert!(injected(&docs[1], "/spec/initContainers"));
+    for doc in &docs[2..6] {
+        assert!(injected(doc, "/spec/template/spec/initContainers"), "{doc}");
+    }
+    assert!(injected(
+        &docs[6],
+        "/spec/jobTemplate/spec/template/spec/initContainers"
+    ));
+}
+
+#[test]
+fn inject_flavor_and_plain_containers() {
+    let out = tracehook(
+        &[
+            "inject",
+            "-f",
+            "-",
+            "--instance",
+            "obs/test",
+            "--flavor",
+            "otel-collector",
+            "--native-sidecars",
+            "false",
+        ],
+        DEPLOYMENT,
+    );
+    assert!(out.status.success());
+    let doc = &docs(&out.stdout)[0];
+    let containers = doc["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[1]["name"], "otc-container");
+}
+
+#[test]
+fn unreadable_input_names_the_document_and_line_and_exits_1() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n";
+    let out = tracehook(&["inject", "-f", "-"], input);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("document 2"), "{stderr}");
+    assert!(stderr.contains("line"), "{stderr}");
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = tracehook(&["inject", "-f", "/nonexistent/manifest.yaml"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/manifest.yaml"));
+}
+
+#[test]
+fn true_without_an_instance_offline_says_what_to_pass() {
+    let out = tracehook(&["inject", "-f", "-"], DEPLOYMENT);
+    assert!(out.status.success(), "other documents still come out");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--instance"), "{stderr}");
+    let doc = &docs(&out.stdout)[0];
+    assert!(
+        doc["spec"]["template"]["spec"]["initContainers"].is_null(),
+        "unchanged"
+    );
+}
+
+#[test]
+fn certs_writes_a_ca_and_a_serving_pair_with_a_private_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = tracehook(
+        &[
+            "certs",
+            "--out",
+            dir.path().to_str().expect("utf-8"),
+            "--service",
+            "hook",
+            "--namespace",
+            "ops",
+        ],
+        "",
+    );
+    assert!(out.status.success());
+    let cert = std::fs::read_to_string(dir.path().join("tls.crt")).expect("tls.crt");
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(dir.path().join("ca.crt").exists());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("tls.key"))
+        .expect("tls.key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the key is private");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hook.ops.svc"));
+}
