@@ -380,6 +380,7 @@ async fn a_skip_leaves_an_event_but_a_dry_run_skip_does_not() {
     let about = |name: &str| {
         found
             .iter()
+            .filter(|e| e.reason.as_deref() == Some("InjectionSkipped"))
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .count()
     };
@@ -387,6 +388,7 @@ async fn a_skip_leaves_an_event_but_a_dry_run_skip_does_not() {
     assert_eq!(about("dry"), 0, "no Event for the dry run: {found:?}");
     let note = found
         .iter()
+        .filter(|e| e.reason.as_deref() == Some("InjectionSkipped"))
         .find_map(|e| e.note.clone())
         .unwrap_or_default();
     assert!(note.contains("obs/missing"), "{note}");
