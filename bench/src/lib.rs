@@ -1,0 +1,62 @@
+//! tracehook's system benchmarks (item 2–5 of BENCHMARKS.md): the HTTPS load against
+//! the no-op baseline, Pod creation through a real API server with and without the
+//! webhook, start-up and cache sync, memory footprint, and the reconciler at scale.
+//! The engine micro-benchmarks are criterion benches in `benches/`.
+//!
+//! Every figure a run prints is measured in that run; ratios compare runs made side by
+//! side, so that other load on the machine falls on both.
+
+#[path = "../../benches/support/mod.rs"]
+mod support;
+
+pub use support::context as admit_context;
+pub use support::pods;
+
+pub mod cluster;
+pub mod e2e;
+pub mod footprint;
+pub mod load;
+pub mod stats;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench lives in the workspace")
+}
+
+/// A release binary next to this one (`target/release/NAME`), which must be built
+/// already: `cargo build --release -p tracehook -p tracehook-bench`.
+pub fn release_binary(name: &str) -> Result<PathBuf> {
+    let here = std::env::current_exe()?;
+    let dir = here.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p tracehook -p tracehook-bench` first",
+            path.display()
+        );
+    }
+    if !dir.ends_with("release") {
+        eprintln!(
+            "warning: {} is not a release build; figures will not be representative",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A directory for one run's files under `target/bench/`.
+pub fn run_dir(what: &str) -> Result<PathBuf> {
+    let dir = workspace_root().join("target").join("bench").join(what);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,449 @@
+//! Item 2: HTTPS load. The release `tracehook serve --no-cluster` and the no-op server
+//! (same TLS/HTTP stack, no admission work) side by side in one run, under `oha`,
+//! posting real AdmissionReviews over HTTP/1.1 keep-alive and HTTP/2.
+//!
+//! Two phases, each alternating the servers round by round so that other load on the
+//! machine falls on both: the highest throughput at a fixed concurrency, then a fixed
+//! rate (2,000 requests/s by default) for the latency percentiles. Memory is sampled
+//! from /proc throughout.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::stats::median;
+use crate::sys::{self, Memory};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Seconds per oha run.
+    pub duration: u64,
+    /// Throughput rounds per server, body and protocol.
+    pub rounds: usize,
+    /// Requests per second of the latency phase.
+    pub rate: u32,
+    /// HTTP/1.1 connections (HTTP/2: `connections / 8` connections × 8 streams).
+    pub connections: usize,
+    /// Servers on CPU 1, oha on CPU 0.
+    pub pin: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            duration: 10,
+            rounds: 3,
+            rate: 2000,
+            connections: 16,
+            pin: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        }
+    }
+}
+
+/// One oha run, as its JSON summary tells it.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    non_200: u64,
+    errors: u64,
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    port: u16,
+    peak_rss_kib: Arc<AtomicU64>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let dir = crate::run_dir("load")?;
+    let tracehook = crate::release_binary("tracehook")?;
+    let noop = crate::release_binary("noop-server")?;
+    let oha = find_oha()?;
+    println!("{}", sys::describe_machine());
+    println!(
+        "oha: {}",
+        String::from_utf8_lossy(&Command::new(&oha).arg("--version").output()?.stdout).trim()
+    );
+
+    let certs = dir.join("certs");
+    let status = Command::new(&tracehook)
+        .args(["certs", "--out"])
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("tracehook certs failed");
+    }
+    let fixture = crate::workspace_root().join("tests/data/reviews/pod-asking-for-injection.json");
+    let typical = dir.join("typical-review.json");
+    let review = crate::pods::review(&crate::pods::pod(crate::pods::TYPICAL), "bench-typical");
+    std::fs::write(&typical, serde_json::to_vec(&review)?)?;
+    let bodies: [(&str, PathBuf); 2] = [
+        ("fixture (1 container)", fixture),
+        ("typical (3 containers, 40 env)", typical),
+    ];
+
+    let cert = certs.join("tls.crt");
+    let key = certs.join("tls.key");
+    let probe_port = sys::free_port();
+    let port = sys::free_port();
+    let mut cmd = pinned(opts.pin, "1", &tracehook);
+    cmd.args([
+        "serve",
+        "--no-cluster",
+        "--instance",
+        "obs/test",
+        "--listen",
+    ])
+    .arg(format!("127.0.0.1:{port}"))
+    .arg("--probe-listen")
+    .arg(format!("127.0.0.1:{probe_port}"))
+    .arg("--tls-cert-file")
+    .arg(&cert)
+    .arg("--tls-key-file")
+    .arg(&key);
+    let ours = start("tracehook", cmd, port, &dir.join("tracehook.log"))?;
+    let port = sys::free_port();
+    let mut cmd = pinned(opts.pin, "1", &noop);
+    cmd.arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key);
+    let baseline = start("no-op", cmd, port, &dir.join("noop.log"))?;
+    for (_, body) in &bodies {
+        check_patched(&ours, body, &certs.join("ca.crt"))?;
+    }
+    let idle = [
+        Memory::of(ours.child.id()).unwrap_or_default(),
+        Memory::of(baseline.child.id()).unwrap_or_default(),
+    ];
+    println!("idle: tracehook {}, no-op {}", idle[0], idle[1]);
+
+    let sampling = Arc::new(AtomicBool::new(true));
+    let samplers: Vec<_> = [&ours, &baseline]
+        .iter()
+        .map(|s| sample_rss(s.child.id(), s.peak_rss_kib.clone(), sampling.clone()))
+        .collect();
+
+    let mut report = String::new();
+    let servers = [&ours, &baseline];
+    writeln!(
+        report,
+        "\n### Throughput, {} connections (HTTP/2: {} connections × 8 streams), {} s per run, median of {} rounds\n",
+        opts.connections,
+        (opts.connections / 8).max(1),
+        opts.duration,
+        opts.rounds
+    )?;
+    writeln!(
+        report,
+        "| body | protocol | tracehook req/s | no-op req/s | ratio | tracehook p99 ms | no-op p99 ms | errors |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    for (label, body) in &bodies {
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+            for round in 0..opts.rounds {
+                // Alternate who goes first, so a drift in background load is shared.
+                let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for i in order {
+                    let run = oha_run(&oha, opts, servers[i].port, body, protocol, None)?;
+                    println!(
+                        "  {label} {} {} round {round}: {:.0} req/s, p99 {:.3} ms, errors {}",
+                        protocol.name(),
+                        servers[i].name,
+                        run.rps,
+                        run.p99_ms,
+                        run.errors + run.non_200
+                    );
+                    runs[i].push(run);
+                }
+            }
+            let rps = |i: usize| median(&runs[i].iter().map(|r| r.rps).collect::<Vec<_>>());
+            let p99 = |i: usize| median(&runs[i].iter().map(|r| r.p99_ms).collect::<Vec<_>>());
+            let errors: u64 = runs.iter().flatten().map(|r| r.errors + r.non_200).sum();
+            writeln!(
+                report,
+                "| {label} | {} | {:.0} | {:.0} | {:.0}% | {:.3} | {:.3} | {errors} |",
+                protocol.name(),
+                rps(0),
+                rps(1),
+                100.0 * rps(0) / rps(1),
+                p99(0),
+                p99(1)
+            )?;
+        }
+    }
+
+    writeln!(
+        report,
+        "\n### Fixed rate {} req/s, {} connections, {} s per run, latency corrected for coordinated omission\n",
+        opts.rate, opts.connections, opts.duration
+    )?;
+    writeln!(
+        report,
+        "| body | protocol | server | achieved req/s | p50 ms | p99 ms | requests | errors |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    for (label, body) in &bodies {
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            for server in servers {
+                let run = oha_run(&oha, opts, server.port, body, protocol, Some(opts.rate))?;
+                writeln!(
+                    report,
+                    "| {label} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |",
+                    protocol.name(),
+                    server.name,
+                    run.rps,
+                    run.p50_ms,
+                    run.p99_ms,
+                    run.requests,
+                    run.errors + run.non_200
+                )?;
+            }
+        }
+    }
+
+    sampling.store(false, Ordering::Release);
+    for s in samplers {
+        let _ = s.join();
+    }
+    writeln!(report, "\n### Memory\n")?;
+    writeln!(
+        report,
+        "| server | VmRSS idle MiB | VmRSS peak under load (50 ms samples) MiB | VmHWM at the end MiB |"
+    )?;
+    writeln!(report, "|---|---|---|---|")?;
+    for (i, server) in servers.iter().enumerate() {
+        let end = Memory::of(server.child.id()).unwrap_or_default();
+        writeln!(
+            report,
+            "| {} | {:.1} | {:.1} | {:.1} |",
+            server.name,
+            idle[i].rss_kib as f64 / 1024.0,
+            server.peak_rss_kib.load(Ordering::Acquire) as f64 / 1024.0,
+            end.hwm_kib as f64 / 1024.0
+        )?;
+    }
+    let metrics = http_get(probe_port, "/metrics").unwrap_or_default();
+    writeln!(report, "\ntracehook's own count of what it answered:\n")?;
+    writeln!(report, "```")?;
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("tracehook_admission_requests_total"))
+    {
+        writeln!(report, "{line}")?;
+    }
+    writeln!(report, "```")?;
+    writeln!(
+        report,
+        "\nother busy processes at the end: {}",
+        sys::busy_processes()
+    )?;
+    println!("{report}");
+    std::fs::write(dir.join("report.md"), &report)?;
+    println!("(also in {})", dir.join("report.md").display());
+    Ok(())
+}
+
+fn find_oha() -> Result<PathBuf> {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin")));
+    for dir in candidates {
+        let path = dir.join("oha");
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    bail!("oha is not installed: `cargo install oha --locked`")
+}
+
+fn pinned(pin: bool, cpu: &str, program: &Path) -> Command {
+    if pin {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", cpu]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start(name: &'static str, mut cmd: Command, port: u16, log: &Path) -> Result<Server> {
+    let log = std::fs::File::create(log)?;
+    cmd.stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null());
+    let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    let server = Server {
+        name,
+        child,
+        port,
+        peak_rss_kib: Arc::new(AtomicU64::new(0)),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{name} does not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+/// One request by curl, to be sure tracehook answers the body with a patch.
+fn check_patched(server: &Server, body: &Path, ca: &Path) -> Result<()> {
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(ca)
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("https://localhost:{}/mutate", server.port))
+        .output()
+        .context("curl")?;
+    let answer: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "tracehook's answer: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    if answer.pointer("/response/patch").is_none() {
+        bail!("tracehook did not patch {}: {answer}", body.display());
+    }
+    Ok(())
+}
+
+fn sample_rss(
+    pid: u32,
+    peak: Arc<AtomicU64>,
+    running: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while running.load(Ordering::Acquire) {
+            if let Some(m) = Memory::of(pid) {
+                peak.fetch_max(m.rss_kib, Ordering::AcqRel);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+fn oha_run(
+    oha: &Path,
+    opts: &Options,
+    port: u16,
+    body: &Path,
+    protocol: Protocol,
+    rate: Option<u32>,
+) -> Result<Run> {
+    let mut cmd = pinned(opts.pin, "0", oha);
+    cmd.args(["--no-tui", "--output-format", "json", "--insecure", "-w"])
+        .args(["-z", &format!("{}s", opts.duration)])
+        .args(["-m", "POST", "-H", "content-type: application/json", "-D"])
+        .arg(body);
+    match protocol {
+        Protocol::Http1 => {
+            cmd.args(["-c", &opts.connections.to_string()]);
+        }
+        Protocol::Http2 => {
+            cmd.args(["--http2", "-p", "8"])
+                .args(["-c", &(opts.connections / 8).max(1).to_string()]);
+        }
+    }
+    if let Some(rate) = rate {
+        cmd.args(["-q", &rate.to_string(), "--latency-correction"]);
+    }
+    cmd.arg(format!("https://127.0.0.1:{port}/mutate"));
+    let out = cmd.output().context("running oha")?;
+    if !out.status.success() {
+        bail!("oha failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("oha's JSON: {}", String::from_utf8_lossy(&out.stdout)))?;
+    let f = |p: &str| json.pointer(p).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let count = |p: &str| {
+        json.pointer(p)
+            .and_then(Value::as_object)
+            .map(|m| m.values().filter_map(Value::as_u64).sum::<u64>())
+            .unwrap_or(0)
+    };
+    let ok = json
+        .pointer("/statusCodeDistribution/200")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let all = count("/statusCodeDistribution");
+    Ok(Run {
+        rps: f("/summary/requestsPerSec"),
+        p50_ms: f("/latencyPercentiles/p50") * 1e3,
+        p99_ms: f("/latencyPercentiles/p99") * 1e3,
+        requests: all,
+        non_200: all - ok,
+        errors: count("/errorDistribution"),
+    })
+}
+
+/// A plain-HTTP GET on loopback; the body.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// The HTTP status of a plain-HTTP GET on loopback.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
