@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracehook::cluster::certificates::SelfSigned;
 use tracehook::cluster::events::EventSink;
 use tracehook::cluster::{Caches, FixedWorld, Lookup};
 use tracehook::inject::{Flavor, InstanceRef, Settings};
@@ -28,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the admission webhook (and, later, the reconciler).
+    /// Serve the admission webhook and run the reconciler.
     Serve(Box<ServeArgs>),
     /// Inject manifests offline, as the webhook would, and print YAML.
     Inject(InjectArgs),
@@ -74,6 +75,15 @@ struct SidecarArgs {
     jaeger_agent_image: String,
     #[arg(long, default_value = tracehook::inject::DEFAULT_OTEL_COLLECTOR_IMAGE, env = "TRACEHOOK_OTEL_COLLECTOR_IMAGE")]
     otel_collector_image: String,
+    /// Default sidecar resources (instances and Pod annotations can override them).
+    #[arg(long, default_value = "10m")]
+    sidecar_cpu_request: String,
+    #[arg(long, default_value = "32Mi")]
+    sidecar_memory_request: String,
+    #[arg(long, default_value = "200m")]
+    sidecar_cpu_limit: String,
+    #[arg(long, default_value = "128Mi")]
+    sidecar_memory_limit: String,
 }
 
 #[derive(Args)]
@@ -90,12 +100,25 @@ struct ServeArgs {
     tls_cert_file: Option<PathBuf>,
     #[arg(long, requires = "tls_cert_file")]
     tls_key_file: Option<PathBuf>,
-    /// tracehook's own namespace (never injected).
+    /// tracehook's own namespace (never injected; holds the reconciler's Lease).
     #[arg(long, env = "POD_NAMESPACE", default_value = "tracehook")]
     namespace: String,
     /// The webhook's Service name, for the generated certificate.
     #[arg(long, default_value = "tracehook")]
     service_name: String,
+    /// Self-signed mode (no --tls-cert-file): the Secret in --namespace that holds the
+    /// CA and serving pair shared by all replicas.
+    #[arg(long, default_value = "tracehook-tls")]
+    cert_secret: String,
+    /// Self-signed mode: the MutatingWebhookConfiguration whose caBundle is kept set.
+    #[arg(long, default_value = "tracehook")]
+    webhook_configuration: String,
+    /// Self-signed mode: lifetime of a serving certificate (e.g. 365d, 12h, 90s).
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    cert_validity: Duration,
+    /// Self-signed mode: renew when less than this is left.
+    #[arg(long, default_value = "120d", value_parser = parse_duration)]
+    cert_renew_before: Duration,
     /// Native sidecars: auto = when the API server is at least 1.29.
     #[arg(long, value_enum, default_value = "auto")]
     native_sidecars: NativeSidecars,
@@ -180,10 +203,34 @@ fn settings(sidecar: &SidecarArgs, native: bool, own_namespace: &str) -> Setting
         jaeger_agent_image: sidecar.jaeger_agent_image.clone(),
         otel_collector_image: sidecar.otel_collector_image.clone(),
         default_flavor: sidecar.default_flavor.into(),
+        default_resources: tracehook::inject::Resources {
+            cpu_request: Some(sidecar.sidecar_cpu_request.clone()),
+            memory_request: Some(sidecar.sidecar_memory_request.clone()),
+            cpu_limit: Some(sidecar.sidecar_cpu_limit.clone()),
+            memory_limit: Some(sidecar.sidecar_memory_limit.clone()),
+        },
         native_sidecars: native,
         own_namespace: own_namespace.to_owned(),
-        ..Settings::default()
     }
+}
+
+/// `90s`, `15m`, `12h`, `365d`.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 90s, 15m, 12h or 365d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{value:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(seconds)))
 }
 
 fn parse_instance(value: &str) -> Result<InstanceRef, String> {
@@ -220,7 +267,8 @@ fn inject(args: InjectArgs) -> Result<()> {
 
 fn write_certs(args: CertsArgs) -> Result<()> {
     let names = certs::service_names(&args.service, &args.namespace);
-    let bundle = certs::generate(&names, Duration::from_secs(args.days * 24 * 3600))?;
+    let ca = certs::generate_ca(certs::CA_VALIDITY)?;
+    let bundle = certs::issue(&ca, &names, Duration::from_secs(args.days * 24 * 3600))?;
     certs::write(&bundle, &args.out)?;
     println!(
         "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}",
@@ -250,6 +298,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // whichever crate asks first.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
+    let mut client = None;
     let (lookup, events, native) = if args.no_cluster {
         let native = !matches!(args.native_sidecars, NativeSidecars::False);
         let instances = args
@@ -267,8 +316,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         };
         (Lookup::Fixed(Arc::new(world)), None, native)
     } else {
-        let client = kube::Client::try_default().await?;
-        let version = client.apiserver_version().await?;
+        let c = kube::Client::try_default().await?;
+        let version = c.apiserver_version().await?;
         let supports = native_sidecars_supported(&version.major, &version.minor);
         let native = match args.native_sidecars {
             NativeSidecars::Auto => supports,
@@ -276,9 +325,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
             NativeSidecars::False => false,
         };
         tracing::info!(version = %version.git_version, native_sidecars = native, "connected to the API server");
-        let events = EventSink::new(client.clone(), std::env::var("POD_NAME").ok());
+        let events = EventSink::new(c.clone(), std::env::var("POD_NAME").ok());
+        client = Some(c.clone());
+        if !args.no_reconciler {
+            let identity = tracehook::reconciler::identity();
+            tokio::spawn(tracehook::reconciler::run(
+                c.clone(),
+                args.namespace.clone(),
+                identity,
+            ));
+        }
         (
-            Lookup::Live(Arc::new(Caches::start(client))),
+            Lookup::Live(Arc::new(Caches::start(c))),
             Some(events),
             native,
         )
@@ -302,8 +360,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         shutdown_signal().await;
         return Ok(());
     }
-    let resolver = match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => {
+    let names = certs::service_names(&args.service_name, &args.namespace);
+    let resolver = match (&args.tls_cert_file, &args.tls_key_file, client) {
+        (Some(cert), Some(key), _) => {
             let files = CertFiles {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -311,15 +370,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let (c, k) = files.read()?;
             let resolver = Arc::new(CertResolver::new(&c, &k)?);
             tokio::spawn(files.watch(resolver.clone(), Duration::from_secs(2)));
+            tracing::info!(cert = %cert.display(), "serving the certificate files (reloaded on change)");
+            resolver
+        }
+        (_, _, Some(client)) => {
+            let mode = SelfSigned {
+                namespace: args.namespace.clone(),
+                secret: args.cert_secret.clone(),
+                webhook_configuration: args.webhook_configuration.clone(),
+                names,
+                validity: args.cert_validity,
+                renew_before: args.cert_renew_before,
+            };
+            let resolver = mode.start(&client).await?;
+            tokio::spawn(mode.maintain(client, resolver.clone()));
+            tracing::info!(secret = %args.cert_secret, "serving the self-signed pair from the Secret");
             resolver
         }
         _ => {
-            let names = certs::service_names(&args.service_name, &args.namespace);
             let bundle = tokio::task::spawn_blocking(move || {
                 certs::generate(&names, Duration::from_secs(365 * 24 * 3600))
             })
             .await
             .map_err(|e| Error::Tls(format!("certificate generation panicked: {e}")))??;
+            tracing::info!("serving a certificate generated in memory");
             Arc::new(CertResolver::new(
                 bundle.cert_pem.as_bytes(),
                 bundle.key_pem.as_bytes(),

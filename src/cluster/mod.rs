@@ -3,6 +3,7 @@
 //! API round trip (a just-created owner missing from the cache costs one bounded GET).
 
 pub mod caches;
+pub mod certificates;
 pub mod events;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,46 @@
+{{- define "tracehook.labels" -}}
+app.kubernetes.io/name: tracehook
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- with .Values.extraLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "tracehook.selector" -}}
+app.kubernetes.io/name: tracehook
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tracehook.annotations" -}}
+{{- with .Values.extraAnnotations }}
+annotations:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "tracehook.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "tracehook.excluded" -}}
+{{- $names := list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace -}}
+{{- toJson (concat $names .Values.webhook.excludedNamespaces | uniq) -}}
+{{- end }}
+
+{{- define "tracehook.validate" -}}
+{{- if not (has .Values.certificates.mode (list "self-signed" "cert-manager" "files")) }}
+{{- fail "certificates.mode must be self-signed, cert-manager or files" }}
+{{- end }}
+{{- if not (has .Values.webhook.injectionScope (list "labeled-namespaces" "all-namespaces")) }}
+{{- fail "webhook.injectionScope must be labeled-namespaces or all-namespaces" }}
+{{- end }}
+{{- if not (has .Values.webhook.failurePolicy (list "Ignore" "Fail")) }}
+{{- fail "webhook.failurePolicy must be Ignore or Fail" }}
+{{- end }}
+{{- if not (has .Values.sidecar.defaultFlavor (list "jaeger-agent" "otel-collector")) }}
+{{- fail "sidecar.defaultFlavor must be jaeger-agent or otel-collector" }}
+{{- end }}
+{{- end }}
