@@ -61,6 +61,7 @@ pub struct JaegerSpec {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Strategy {
+    /// One Deployment running the collector, query and UI.
     #[default]
     AllInOne,
 }
@@ -68,23 +69,37 @@ pub enum Strategy {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// The storage backend, e.g. `memory` (default) or `badger`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
-    /// Options passed to Jaeger as `--set` style key/values.
+    /// The storage backend. Only `memory` is supported: the persistent backends need
+    /// a configuration file, volumes and credentials that this resource does not model.
+    #[serde(default)]
+    pub r#type: StorageType,
+    /// Options of the backend, passed through to Jaeger: `max_traces: "50000"` becomes
+    /// `--set=extensions::jaeger_storage::backends::some_storage::memory::max_traces=50000`.
+    /// Nested keys use `::`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StorageType {
+    /// Spans kept in memory by the single backend Pod, lost when it restarts.
+    #[default]
+    Memory,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
+    /// Create the Ingress `<name>-query` (it is deleted again when this turns false).
     #[serde(default)]
     pub enabled: bool,
+    /// The host the UI is served on (default: every host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_class_name: Option<String>,
+    /// Annotations of the Ingress only (for the ingress controller).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
