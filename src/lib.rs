@@ -3,8 +3,9 @@
 //!
 //! Layout: [`inject`] is the pure injection engine (no I/O); [`admission`] turns
 //! AdmissionReviews into engine calls and back; [`server`] and [`tls`] are the HTTP
-//! adapters; [`cluster`] holds the Kubernetes-facing caches; [`manifest`] is the
-//! `tracehook inject` command's document handling.
+//! adapters; [`cluster`] holds the Kubernetes-facing caches; [`reconciler`] provisions
+//! the `Jaeger` backends; [`manifest`] is the `tracehook inject` command's document
+//! handling.
 
 pub mod admission;
 pub mod certs;
@@ -13,6 +14,7 @@ pub mod crd;
 pub mod inject;
 pub mod manifest;
 pub mod metrics;
+pub mod reconciler;
 pub mod server;
 pub mod tls;
 
@@ -35,6 +37,8 @@ pub enum Error {
     Manifest(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl Error {
@@ -47,6 +51,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Manifest(_) => "manifest",
             Error::Config(_) => "config",
+            Error::Json(_) => "json",
         }
     }
 
