@@ -5,8 +5,8 @@
 //!
 //! Missing binaries fail the run (testcluster builds them, or says why it cannot).
 
-mod reconciler;
-mod support;
 mod certificates;
 mod install;
+mod reconciler;
+mod support;
 mod webhook;
