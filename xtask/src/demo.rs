@@ -75,6 +75,12 @@ pub fn up() -> Result<()> {
         "--timeout=60s",
     ]))?;
 
+    step(started, "creating tracehook's namespace (it holds the reconciler's Lease)");
+    run_stdin(
+        &mut kubectl(&["apply", "-f", "-"]),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tracehook\n",
+    )?;
+
     step(started, "starting tracehook serve");
     let port = free_port()?;
     let probe_port = free_port()?;
@@ -89,6 +95,7 @@ pub fn up() -> Result<()> {
         .arg(certs.join("tls.crt"))
         .arg("--tls-key-file")
         .arg(certs.join("tls.key"))
+        .arg("--namespace=tracehook")
         .env("KUBECONFIG", &kubeconfig)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -181,6 +188,19 @@ pub fn up() -> Result<()> {
         "example-hotrod",
         "-o",
         "custom-columns=DEPLOYMENT:.metadata.name,GENERATION:.metadata.generation,TEMPLATE-INIT-CONTAINERS:.spec.template.spec.initContainers[*].name",
+    ]))?;
+
+    step(
+        started,
+        "waiting for the Jaeger instance to be Running (the reconciler's work)",
+    );
+    run(&mut kubectl(&[
+        "wait",
+        "-n",
+        "obs",
+        "jaeger/test",
+        "--for=jsonpath={.status.phase}=Running",
+        "--timeout=120s",
     ]))?;
 
     step(started, "the Jaeger backend objects in namespace obs");
