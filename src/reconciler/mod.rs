@@ -107,7 +107,10 @@ pub async fn run(client: Client, namespace: String, identity: String) {
             }
         };
         tokio::select! {
-            () = controller(client.clone(), ctx) => tracing::error!("the controller stopped"),
+            () = controller(client.clone(), ctx) => {
+                tracing::error!("the controller stopped; restarting it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             () = lost => tracing::warn!(%identity, "no longer leading: stopped reconciling"),
         }
     }

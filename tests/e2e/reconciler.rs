@@ -45,7 +45,32 @@ async fn client() -> Client {
     client
 }
 
-async fn instance(client: &Client, namespace: &str, name: &str, spec: Value) -> Jaeger {
+/// A `Jaeger` created by a test, deleted again when the test ends (passed or not), so
+/// that `true` in other tests' namespaces keeps naming the shared instance.
+struct Instance {
+    jaeger: Jaeger,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let namespace = self.jaeger.namespace().unwrap_or_default();
+        let name = self.jaeger.name_any();
+        // Drop cannot await, and the test's runtime may be going away: a thread with a
+        // runtime of its own does the deletion.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            runtime.block_on(async {
+                let client = env().cluster.client().await.expect("client");
+                let _ = Api::<Jaeger>::namespaced(client, &namespace)
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn instance(client: &Client, namespace: &str, name: &str, spec: Value) -> Instance {
     let jaeger: Jaeger = serde_json::from_value(json!({
         "apiVersion": "tracehook.dev/v1alpha1",
         "kind": "Jaeger",
@@ -53,10 +78,11 @@ async fn instance(client: &Client, namespace: &str, name: &str, spec: Value) -> 
         "spec": spec,
     }))
     .expect("a valid Jaeger");
-    Api::<Jaeger>::namespaced(client.clone(), namespace)
+    let jaeger = Api::<Jaeger>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &jaeger)
         .await
-        .unwrap_or_else(|e| panic!("creating Jaeger {namespace}/{name}: {e}"))
+        .unwrap_or_else(|e| panic!("creating Jaeger {namespace}/{name}: {e}"));
+    Instance { jaeger }
 }
 
 async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: Value) {
@@ -68,14 +94,6 @@ async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: Value) {
         )
         .await
         .unwrap_or_else(|e| panic!("patching Jaeger {namespace}/{name}: {e}"));
-}
-
-/// Removes the instance, so that `true` in other tests' namespaces keeps meaning the
-/// shared instance.
-async fn delete_instance(client: &Client, namespace: &str, name: &str) {
-    let _ = Api::<Jaeger>::namespaced(client.clone(), namespace)
-        .delete(name, &DeleteParams::default())
-        .await;
 }
 
 async fn meta<K>(client: &Client, namespace: &str, name: &str) -> Option<ObjectMeta>
@@ -157,15 +175,53 @@ async fn wait_for_phase(
     phase: Phase,
     timeout: Duration,
 ) -> Jaeger {
-    poll(
-        timeout,
-        &format!("{namespace}/{name} to be {phase:?}"),
-        || async {
-            let j = jaeger(client, namespace, name).await;
-            (j.status.as_ref().and_then(|s| s.phase) == Some(phase)).then_some(j)
-        },
-    )
-    .await
+    let deadline = Instant::now() + timeout;
+    loop {
+        let j = jaeger(client, namespace, name).await;
+        if j.status.as_ref().and_then(|s| s.phase) == Some(phase) {
+            return j;
+        }
+        if Instant::now() > deadline {
+            let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|d| d.status);
+            let pods: Vec<String> =
+                Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), namespace)
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| {
+                        l.items
+                            .iter()
+                            .map(|p| format!("{} {:?}", p.name_any(), p.status))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            let events: Vec<String> =
+                Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), namespace)
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| {
+                        l.items
+                            .iter()
+                            .map(|e| {
+                                format!(
+                                    "{:?} {:?} {:?}",
+                                    e.involved_object.name, e.reason, e.message
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            panic!(
+                "{namespace}/{name} not {phase:?} after {timeout:?}\nstatus: {:?}\nDeployment status: {deployment:?}\nPods: {pods:#?}\nEvents: {events:#?}",
+                j.status,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn ports(service: &Service) -> Vec<(String, i32, String)> {
@@ -274,7 +330,7 @@ async fn creates_every_child_with_names_ports_labels_and_owner() {
         assert_eq!(owners[0].name, "test");
         assert_eq!(
             Some(&owners[0].uid),
-            created.metadata.uid.as_ref(),
+            created.jaeger.metadata.uid.as_ref(),
             "{kind} {name}: owner uid"
         );
         assert_eq!(
@@ -356,7 +412,6 @@ async fn creates_every_child_with_names_ports_labels_and_owner() {
             .is_none(),
         "no Ingress unless enabled"
     );
-    delete_instance(&client, ns, "test").await;
 }
 
 #[tokio::test]
@@ -365,7 +420,7 @@ async fn reaches_running_once_the_deployment_is_available() {
     let ns = "e2e-rc-running";
     namespace(&client, ns, json!({}), json!({})).await;
     let started = Instant::now();
-    instance(&client, ns, "test", json!({})).await;
+    let _instance = instance(&client, ns, "test", json!({})).await;
     let running =
         wait_for_phase(&client, ns, "test", Phase::Running, Duration::from_secs(60)).await;
     eprintln!(
@@ -439,7 +494,6 @@ async fn reaches_running_once_the_deployment_is_available() {
         reasons.iter().any(|r| r == "Available"),
         "an Available Event on the Jaeger: {reasons:?}"
     );
-    delete_instance(&client, ns, "test").await;
 }
 
 #[tokio::test]
@@ -447,7 +501,7 @@ async fn children_follow_image_label_and_ingress_changes() {
     let client = client().await;
     let ns = "e2e-rc-changes";
     namespace(&client, ns, json!({}), json!({})).await;
-    instance(&client, ns, "test", json!({"labels": {"team": "obs"}})).await;
+    let _instance = instance(&client, ns, "test", json!({"labels": {"team": "obs"}})).await;
     wait_for_children(&client, ns, "test").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
@@ -539,7 +593,6 @@ async fn children_follow_image_label_and_ingress_changes() {
         },
     )
     .await;
-    delete_instance(&client, ns, "test").await;
 }
 
 #[tokio::test]
@@ -547,7 +600,7 @@ async fn a_deleted_child_is_restored() {
     let client = client().await;
     let ns = "e2e-rc-restore";
     namespace(&client, ns, json!({}), json!({})).await;
-    instance(&client, ns, "test", json!({})).await;
+    let _instance = instance(&client, ns, "test", json!({})).await;
     wait_for_children(&client, ns, "test").await;
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let before = services
@@ -578,7 +631,6 @@ async fn a_deleted_child_is_restored() {
         deleted.elapsed()
     );
     assert_eq!(ports(&restored).len(), 5);
-    delete_instance(&client, ns, "test").await;
 }
 
 #[tokio::test]
@@ -586,7 +638,7 @@ async fn a_hand_edited_child_is_reverted() {
     let client = client().await;
     let ns = "e2e-rc-drift";
     namespace(&client, ns, json!({}), json!({})).await;
-    instance(&client, ns, "test", json!({})).await;
+    let _instance = instance(&client, ns, "test", json!({})).await;
     wait_for_children(&client, ns, "test").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -642,7 +694,6 @@ async fn a_hand_edited_child_is_reverted() {
         },
     )
     .await;
-    delete_instance(&client, ns, "test").await;
 }
 
 #[tokio::test]
@@ -650,7 +701,7 @@ async fn deleting_the_instance_lets_the_garbage_collector_remove_the_children() 
     let client = client().await;
     let ns = "e2e-rc-gc";
     namespace(&client, ns, json!({}), json!({})).await;
-    instance(&client, ns, "test", json!({"ingress": {"enabled": true}})).await;
+    let _instance = instance(&client, ns, "test", json!({"ingress": {"enabled": true}})).await;
     wait_for_children(&client, ns, "test").await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
     wait_until(Duration::from_secs(30), "the Ingress", || async {
@@ -663,7 +714,10 @@ async fn deleting_the_instance_lets_the_garbage_collector_remove_the_children() 
     .await;
 
     let deleted = Instant::now();
-    delete_instance(&client, ns, "test").await;
+    Api::<Jaeger>::namespaced(client.clone(), ns)
+        .delete("test", &DeleteParams::default())
+        .await
+        .expect("Jaeger deleted");
     wait_until(
         Duration::from_secs(60),
         "the garbage collector to remove every child",
@@ -700,14 +754,27 @@ async fn same_name_in_two_namespaces_gets_two_sets_of_children() {
             let owners = meta.owner_references.unwrap_or_default();
             assert_eq!(
                 owners.first().map(|o| &o.uid),
-                owner.metadata.uid.as_ref(),
+                owner.jaeger.metadata.uid.as_ref(),
                 "{ns}: {kind} {name} belongs to the instance of its own namespace"
             );
         }
     }
     let endpoints = |j: &Jaeger| j.status.as_ref().and_then(|s| s.collector_endpoint.clone());
-    let ja = wait_for_phase(&client, a, "twin", Phase::Running, Duration::from_secs(60)).await;
-    let jb = wait_for_phase(&client, b, "twin", Phase::Running, Duration::from_secs(60)).await;
+    let with_status = |ns: &'static str| {
+        let client = client.clone();
+        async move {
+            poll(
+                Duration::from_secs(30),
+                &format!("{ns}/twin to have a status"),
+                || async {
+                    let j = jaeger(&client, ns, "twin").await;
+                    endpoints(&j).is_some().then_some(j)
+                },
+            )
+            .await
+        }
+    };
+    let (ja, jb) = (with_status(a).await, with_status(b).await);
     assert_eq!(
         endpoints(&ja).as_deref(),
         Some("twin-collector.e2e-rc-twin-a.svc:4317")
@@ -716,8 +783,6 @@ async fn same_name_in_two_namespaces_gets_two_sets_of_children() {
         endpoints(&jb).as_deref(),
         Some("twin-collector.e2e-rc-twin-b.svc:4317")
     );
-    delete_instance(&client, a, "twin").await;
-    delete_instance(&client, b, "twin").await;
 }
 
 /// Uses the shared instance `obs/test`, so that no instance of its own lingers.
@@ -788,7 +853,7 @@ async fn injected_pods_point_at_the_local_instance_and_use_its_sidecar_settings(
     let client = client().await;
     let ns = "e2e-rc-inject";
     labelled_namespace(&client, ns).await;
-    instance(
+    let _instance = instance(
         &client,
         ns,
         "local",
@@ -840,7 +905,6 @@ async fn injected_pods_point_at_the_local_instance_and_use_its_sidecar_settings(
     );
     // The Service the agent reports to is there.
     wait_for_children(&client, ns, "local").await;
-    delete_instance(&client, ns, "local").await;
 }
 
 #[tokio::test]
@@ -848,7 +912,7 @@ async fn an_invalid_ingress_host_becomes_a_failed_condition_and_an_event() {
     let client = client().await;
     let ns = "e2e-rc-failed";
     namespace(&client, ns, json!({}), json!({})).await;
-    instance(
+    let _instance = instance(
         &client,
         ns,
         "test",
@@ -900,7 +964,6 @@ async fn an_invalid_ingress_host_becomes_a_failed_condition_and_an_event() {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
         .expect("Ready");
     assert_eq!(ready.status, "True");
-    delete_instance(&client, ns, "test").await;
 }
 
 #[tokio::test]
