@@ -513,7 +513,9 @@ pub fn marker_label(namespace: &str, name: &str) -> String {
     let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    let head = full[..54].trim_end_matches(['-', '.']);
+    // Cut on a character boundary: `inject` takes the namespace from the manifest,
+    // which need not be ASCII.
+    let head = full[..full.floor_char_boundary(54)].trim_end_matches(['-', '.']);
     format!("{head}-{:08x}", hash as u32)
 }
 
@@ -528,6 +530,13 @@ mod tests {
         assert!(label.len() <= 63, "{label}");
         assert_ne!(label, marker_label(&long, &"b".repeat(63)));
         assert_eq!(marker_label("obs", "test"), "obs.test");
+    }
+
+    #[test]
+    fn marker_label_cuts_multi_byte_names_on_a_character_boundary() {
+        let label = marker_label(&format!("a{}", "名".repeat(30)), "test");
+        assert!(label.len() <= 63, "{label}");
+        assert!(label.starts_with("a名"), "{label}");
     }
 
     #[test]
