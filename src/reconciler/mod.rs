@@ -140,6 +140,10 @@ async fn controller(client: Client, ctx: Arc<Context>) {
             Ok(_) => {}
             // Reconcile failures were logged where they happened.
             Err(controller::Error::ReconcilerFailed(..)) => {}
+            // A child changed after its Jaeger was deleted (the garbage collector at work).
+            Err(e @ controller::Error::ObjectNotFound(_)) => {
+                tracing::debug!(error = %e, "controller")
+            }
             Err(e) => tracing::warn!(error = %e, "controller"),
         }
         std::future::ready(())
