@@ -53,48 +53,45 @@ pub fn service_name<'a>(
 
 /// How one container's environment is already populated.
 struct Existing<'c> {
-    direct: Vec<(&'c str, Option<&'c str>)>,
-    /// Names defined by `envFrom` sources whose keys are known.
-    known: Vec<String>,
+    /// `env` entries by name.
+    direct: Vec<(&'c str, &'c Value)>,
+    /// Prefixes and keys of `envFrom` sources whose keys are known.
+    known: Vec<(&'c str, &'c [String])>,
     /// Prefixes of `envFrom` sources whose keys are unknown, with a description.
     unknown: Vec<(&'c str, String)>,
 }
 
 impl<'c> Existing<'c> {
-    fn read(container: &'c Value, env_from: &EnvFromKeys) -> Self {
-        let direct = container
-            .get("env")
+    fn read(container: &'c Value, env_from: &'c EnvFromKeys) -> Self {
+        let direct = field(container, "env")
             .and_then(Value::as_array)
             .map(|env| {
                 env.iter()
-                    .filter_map(|e| {
-                        let name = e.get("name")?.as_str()?;
-                        Some((name, e.get("value").and_then(Value::as_str)))
-                    })
+                    .filter_map(|e| Some((field(e, "name")?.as_str()?, e)))
                     .collect()
             })
             .unwrap_or_default();
         let mut known = Vec::new();
         let mut unknown = Vec::new();
-        for source in container
-            .get("envFrom")
+        for source in field(container, "envFrom")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
         {
-            let prefix = source.get("prefix").and_then(Value::as_str).unwrap_or("");
-            let config_map = source
-                .get("configMapRef")
-                .and_then(|r| r.get("name"))
+            let prefix = field(source, "prefix")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let config_map = field(source, "configMapRef")
+                .and_then(|r| field(r, "name"))
                 .and_then(Value::as_str);
             match config_map.and_then(|name| env_from.config_maps.get(name)) {
-                Some(keys) => known.extend(keys.iter().map(|k| format!("{prefix}{k}"))),
+                Some(keys) => known.push((prefix, keys.as_slice())),
                 None => {
-                    let what = match (config_map, source.get("secretRef")) {
+                    let what = match (config_map, field(source, "secretRef")) {
                         (Some(name), _) => format!("ConfigMap {name}"),
                         (None, Some(secret)) => format!(
                             "Secret {}",
-                            secret.get("name").and_then(Value::as_str).unwrap_or("?")
+                            field(secret, "name").and_then(Value::as_str).unwrap_or("?")
                         ),
                         (None, None) => "an envFrom source".to_owned(),
                     };
@@ -109,16 +106,21 @@ impl<'c> Existing<'c> {
         }
     }
 
+    /// `Some(value)` when set directly (`Some(None)`: set by `valueFrom`).
     fn value(&self, name: &str) -> Option<Option<&'c str>> {
         self.direct
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| *v)
+            .map(|(_, e)| field(e, "value").and_then(Value::as_str))
     }
 
     /// Set directly or by a known envFrom key.
     fn is_set(&self, name: &str) -> bool {
-        self.value(name).is_some() || self.known.iter().any(|k| k == name)
+        self.direct.iter().any(|(n, _)| *n == name)
+            || self.known.iter().any(|(prefix, keys)| {
+                name.strip_prefix(prefix)
+                    .is_some_and(|key| keys.iter().any(|k| k == key))
+            })
     }
 
     fn maybe_set_by(&self, name: &str) -> Option<&str> {
@@ -126,6 +128,19 @@ impl<'c> Existing<'c> {
             .iter()
             .find(|(prefix, _)| name.starts_with(prefix))
             .map(|(_, what)| what.as_str())
+    }
+}
+
+/// `value[key]` of an object. The objects of a Pod have a few keys each (an env
+/// entry two, a container a dozen), where comparing them beats hashing the key looked
+/// up with SipHash (serde_json's `preserve_order` map): the profile of a Pod with
+/// 1,500 env vars showed that hashing as the engine's largest cost.
+pub(crate) fn field<'v>(value: &'v Value, key: &str) -> Option<&'v Value> {
+    let map = value.as_object()?;
+    if map.len() <= 16 {
+        map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    } else {
+        map.get(key)
     }
 }
 
@@ -162,14 +177,14 @@ pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys)
     let mut wanted: Vec<(&str, Value)> = vec![
         (
             "JAEGER_SERVICE_NAME",
-            json!(format!("{}.{}", plan.service, plan.namespace)),
+            format!("{}.{}", plan.service, plan.namespace).into(),
         ),
-        ("JAEGER_PROPAGATION", json!(PROPAGATION)),
-        ("OTEL_SERVICE_NAME", json!(plan.service)),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", json!(endpoint)),
+        ("JAEGER_PROPAGATION", PROPAGATION.into()),
+        ("OTEL_SERVICE_NAME", plan.service.into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.into()),
     ];
     if !protocol_set {
-        wanted.push(("OTEL_EXPORTER_OTLP_PROTOCOL", json!("grpc")));
+        wanted.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()));
     }
     // `$(POD_NAME)` expands only from a variable defined before it.
     if !existing.is_set("OTEL_RESOURCE_ATTRIBUTES") && !existing.is_set("POD_NAME") {
@@ -178,7 +193,7 @@ pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys)
             json!({"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}),
         ));
     }
-    wanted.push(("OTEL_RESOURCE_ATTRIBUTES", json!(attributes)));
+    wanted.push(("OTEL_RESOURCE_ATTRIBUTES", attributes.into()));
 
     let mut out = ContainerEnv::default();
     let mut withheld = Vec::new();
@@ -192,12 +207,12 @@ pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys)
             withheld_by.get_or_insert(what);
             continue;
         }
-        let entry = if value.is_string() {
-            json!({"name": name, "value": value})
+        let key = if value.is_string() {
+            "value"
         } else {
-            json!({"name": name, "valueFrom": value})
+            "valueFrom"
         };
-        out.add.push(entry);
+        out.add.push(super::sidecar::named(name, key, value));
         out.names.push(name.to_owned());
     }
     if let Some(what) = withheld_by {

@@ -184,14 +184,17 @@ pub fn decide(input: &Input<'_>) -> Decision {
         let added = env::for_container(c, &env_plan, input.env_from);
         let index = index.to_string();
         patch.append(
-            c.get("env"),
+            env::field(c, "env"),
             &["spec", "containers", &index, "env"],
             added.add,
         );
         warnings.extend(added.warning);
         if !added.names.is_empty() {
-            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
-            env_added.insert(name.to_owned(), json!(added.names));
+            let name = env::field(c, "name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let names = added.names.into_iter().map(Value::String).collect();
+            env_added.insert(name.to_owned(), names);
         }
     }
     let (list, current) = if native {
@@ -201,15 +204,14 @@ pub fn decide(input: &Input<'_>) -> Decision {
     };
     patch.append(current, &["spec", list], vec![container]);
 
-    let status = json!({
-        "instance": instance.to_string(),
-        "flavor": flavor.as_str(),
-        "containers": [flavor.container_name()],
-        "native": native,
-        "env": env_added,
-        "version": crate::VERSION,
-    })
-    .to_string();
+    let mut status = Map::new();
+    status.insert("instance".to_owned(), instance.to_string().into());
+    status.insert("flavor".to_owned(), flavor.as_str().into());
+    status.insert("containers".to_owned(), json!([flavor.container_name()]));
+    status.insert("native".to_owned(), native.into());
+    status.insert("env".to_owned(), Value::Object(env_added));
+    status.insert("version".to_owned(), crate::VERSION.into());
+    let status = Value::Object(status).to_string();
     let label = marker_label(&instance.namespace, &instance.name);
     match metadata {
         Some(Value::Object(m)) => {
@@ -217,13 +219,13 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 m.get("annotations"),
                 &["metadata", "annotations"],
                 keys::STATUS,
-                json!(status),
+                Value::String(status),
             );
             patch.insert(
                 m.get("labels"),
                 &["metadata", "labels"],
                 keys::INJECTED_LABEL,
-                json!(label),
+                Value::String(label),
             );
         }
         _ => patch.add(

@@ -3,8 +3,9 @@
 //! RuntimeDefault, read-only root filesystem), whatever the Pod says.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{Flavor, InstanceRef, Resources};
 
@@ -99,22 +100,62 @@ pub fn container(plan: &Plan<'_>) -> Value {
     let args = match plan.flavor {
         Flavor::JaegerAgent => jaeger_agent_args(plan),
         Flavor::OtelCollector => {
-            env.push(json!({"name": "OTEL_CONFIG", "value": otel_config(plan.instance)}));
+            env.push(named(
+                "OTEL_CONFIG",
+                "value",
+                otel_config(plan.instance).into(),
+            ));
             vec!["--config=env:OTEL_CONFIG".to_owned()]
         }
     };
-    let ports: Vec<Value> = ports(plan.flavor)
+    // Everything else depends on the flavor and the kind of sidecar alone.
+    let mut container = template(plan.flavor, plan.native).clone();
+    let parts = [
+        ("image", plan.image.into()),
+        ("args", args.into_iter().map(Value::String).collect()),
+        ("env", Value::Array(env)),
+        ("resources", resources(&plan.resources)),
+    ];
+    for (key, value) in parts {
+        // Replaces the template's placeholder, keeping its place in the order.
+        container.insert(key.to_owned(), value);
+    }
+    Value::Object(container)
+}
+
+/// The sidecar with `null` where the Pod's own parts go, built once per flavor and
+/// kind: building it per Pod (every map insert hashes its key) took a fifth of the
+/// admission of a small Pod; cloning it takes a fraction of that.
+fn template(flavor: Flavor, native: bool) -> &'static Map<String, Value> {
+    static TEMPLATES: LazyLock<[Map<String, Value>; 4]> = LazyLock::new(|| {
+        [
+            (Flavor::JaegerAgent, false),
+            (Flavor::JaegerAgent, true),
+            (Flavor::OtelCollector, false),
+            (Flavor::OtelCollector, true),
+        ]
+        .map(|(flavor, native)| build_template(flavor, native))
+    });
+    let flavor = match flavor {
+        Flavor::JaegerAgent => 0,
+        Flavor::OtelCollector => 2,
+    };
+    &TEMPLATES[flavor + usize::from(native)]
+}
+
+fn build_template(flavor: Flavor, native: bool) -> Map<String, Value> {
+    let ports: Vec<Value> = ports(flavor)
         .iter()
         .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol()}))
         .collect();
-    let probe = json!({"httpGet": {"path": "/", "port": health_port(plan.flavor)}});
-    let mut container = json!({
-        "name": plan.flavor.container_name(),
-        "image": plan.image,
-        "args": args,
-        "env": env,
+    let probe = json!({"httpGet": {"path": "/", "port": health_port(flavor)}});
+    let container = json!({
+        "name": flavor.container_name(),
+        "image": null,
+        "args": null,
+        "env": null,
         "ports": ports,
-        "resources": resources(&plan.resources),
+        "resources": null,
         "livenessProbe": merge(&probe, json!({"periodSeconds": 10, "failureThreshold": 5})),
         "securityContext": {
             "runAsNonRoot": true,
@@ -126,7 +167,7 @@ pub fn container(plan: &Plan<'_>) -> Value {
             "seccompProfile": {"type": "RuntimeDefault"}
         }
     });
-    let extra = if plan.native {
+    let extra = if native {
         // The app containers start only once the startup probe passes, so the agent
         // is up before the first span; `restartPolicy: Always` lets Jobs complete.
         json!({
@@ -136,10 +177,13 @@ pub fn container(plan: &Plan<'_>) -> Value {
     } else {
         json!({"readinessProbe": merge(&probe, json!({"periodSeconds": 5}))})
     };
-    if let (Value::Object(c), Value::Object(e)) = (&mut container, extra) {
-        c.extend(e);
+    match (container, extra) {
+        (Value::Object(mut c), Value::Object(e)) => {
+            c.extend(e);
+            c
+        }
+        _ => unreachable!("json! objects are objects"),
     }
-    container
 }
 
 fn jaeger_agent_args(plan: &Plan<'_>) -> Vec<String> {
@@ -199,7 +243,19 @@ fn otel_config(instance: &InstanceRef) -> String {
 }
 
 fn field_env(name: &str, field: &str) -> Value {
-    json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field}}})
+    named(
+        name,
+        "valueFrom",
+        json!({"fieldRef": {"apiVersion": "v1", "fieldPath": field}}),
+    )
+}
+
+/// `{"name": name, key: value}`, an env entry.
+pub(crate) fn named(name: &str, key: &str, value: Value) -> Value {
+    let mut entry = Map::with_capacity(2);
+    entry.insert("name".to_owned(), name.into());
+    entry.insert(key.to_owned(), value);
+    Value::Object(entry)
 }
 
 fn resources(r: &Resources) -> Value {
