@@ -2,17 +2,17 @@
 //! on a separate plain-HTTP port.
 //!
 //! The admission server accepts only `POST /mutate`, reads at most 4 MiB, bounds
-//! header reads and TLS handshakes in time and connections in number, and drains
-//! open connections on shutdown.
+//! TLS handshakes, header and body reads and idle connections in time and
+//! connections in number, and drains open connections on shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument as _, Span, field};
 
@@ -35,8 +35,12 @@ use crate::metrics::Metrics;
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Time allowed for a TLS handshake, and for a client to send a request's headers.
+/// Time allowed for a TLS handshake, for a client to send a request's headers, and
+/// then its body.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight for this long is closed gracefully (an
+/// HTTP/2 GOAWAY); otherwise idle HTTP/2 connections would hold their slot forever.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time open connections get to finish on shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -101,7 +105,24 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
         .into_response()
 }
 
-async fn mutate(State(ctx): State<Arc<Context>>, body: Bytes) -> Response {
+async fn mutate(State(ctx): State<Arc<Context>>, request: Request) -> Response {
+    // The header-read timeout stops at the headers: a body trickled in byte by byte
+    // would hold the connection for as long as the client likes.
+    let body =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Bytes::from_request(request, &())).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(rejection)) => return rejection.into_response(),
+            Err(_) => {
+                ctx.metrics.count("error", "slow_body");
+                return (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONTENT_TYPE, "application/json")],
+                json!({"error": format!("the request body took longer than {HANDSHAKE_TIMEOUT:?}")})
+                    .to_string(),
+            )
+                .into_response();
+            }
+        };
     let start = Instant::now();
     ctx.metrics.in_flight.inc();
     let span = tracing::info_span!(
@@ -212,7 +233,8 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection holds a receiver until it is done: the drain waits for all.
+    let (stop, _) = watch::channel(false);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -243,9 +265,9 @@ pub async fn serve_tls(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = TowerToHyperService::new(router.clone());
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut stopping = stop.subscribe();
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -259,17 +281,95 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            let activity = Arc::new(Activity::new());
+            let tracker = activity.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let busy = tracker.begin();
+                let response = hyper::service::Service::call(&router, request);
+                async move {
+                    let response = response.await;
+                    drop(busy);
+                    response
+                }
+            });
             let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
+            tokio::pin!(connection);
+            let mut closing = false;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = stopping.wait_for(|stop| *stop), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = activity.idle(), if !closing => {
+                        tracing::debug!(%peer, "closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(stopping);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let _ = stop.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, stop.closed())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout");
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `opened` to the end of the last request.
+    last_ms: AtomicU64,
+}
+
+/// One request in flight; its end is recorded on drop.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Completes once no request has been in flight for [`IDLE_TIMEOUT`].
+    async fn idle(&self) {
+        loop {
+            let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+            let deadline = last + IDLE_TIMEOUT;
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(IDLE_TIMEOUT / 4).await;
+            } else if Instant::now() < deadline {
+                tokio::time::sleep_until(deadline.into()).await;
+            } else {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_ms.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

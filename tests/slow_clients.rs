@@ -1,0 +1,391 @@
+//! Slow and idle clients against a real TLS server (slowloris and its relatives):
+//! none of them can hold a connection slot for long, and a normal request is served
+//! while they try.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracehook::certs;
+use tracehook::cluster::{FixedWorld, Lookup};
+use tracehook::inject::{Instance, NamespaceMeta, Settings};
+use tracehook::server::{self, Context, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
+use tracehook::tls::{self, CertResolver};
+
+/// How much later than the server's timeout a connection may be closed.
+const SLACK: Duration = Duration::from_secs(5);
+
+struct Running {
+    addr: SocketAddr,
+    ca_pem: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start() -> Running {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bundle = certs::generate(
+        &certs::service_names("tracehook", "tracehook"),
+        Duration::from_secs(3600),
+    )
+    .expect("certificates");
+    let resolver = Arc::new(
+        CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
+    );
+    let config = tls::server_config(resolver).expect("server config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut demo = NamespaceMeta::named("demo");
+    demo.labels
+        .insert("tracehook.dev/injection".into(), "enabled".into());
+    let world = FixedWorld {
+        namespaces: [("demo".to_owned(), demo)].into(),
+        instances: vec![Instance {
+            namespace: "obs".into(),
+            name: "test".into(),
+            ..Instance::default()
+        }]
+        .into(),
+    };
+    let ctx = Arc::new(Context::new(
+        Settings::default(),
+        Lookup::Fixed(Arc::new(world)),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve_tls(
+        listener,
+        TlsAcceptor::from(Arc::new(config)),
+        server::admission_router(ctx),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        addr,
+        ca_pem: bundle.ca_pem,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    async fn tls(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("a CA certificate");
+        }
+        let mut config = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = TcpStream::connect(self.addr).await.expect("connect");
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// A normal review over a fresh HTTP/1.1 connection: it must get its patch.
+    async fn mutate(&self) {
+        let tls = self.tls(b"http/1.1").await;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        let response = sender
+            .send_request(request("/mutate"))
+            .await
+            .expect("a response");
+        assert_patched(response).await;
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the server drains")
+            .expect("the server task ends cleanly");
+    }
+}
+
+fn review() -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "slow",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "demo",
+            "operation": "CREATE",
+            "object": {
+                "metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}
+            }
+        }
+    })
+}
+
+fn request(uri: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(review().to_string())))
+        .expect("a valid request")
+}
+
+async fn assert_patched(response: hyper::Response<hyper::body::Incoming>) {
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
+}
+
+/// Reads until the server closes the connection (EOF, reset or TLS close); returns
+/// when that happened, or `None` if it stayed open past `limit`.
+async fn closed_within<S>(stream: &mut S, limit: Duration) -> Option<Duration>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    let wait = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .ok()
+        .map(|()| start.elapsed())
+}
+
+/// Slowloris: connections that send their request headers one byte at a time are
+/// closed after the header-read timeout, and a normal request is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_sent_byte_by_byte_are_cut_off_and_others_are_served_meanwhile() {
+    let server = start().await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut tls = server.tls(b"http/1.1").await;
+        slow.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let headers = b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-Padding: ";
+            let endless = headers.iter().copied().chain(std::iter::repeat(b'a'));
+            for byte in endless {
+                if tls.write_all(&[byte]).await.is_err() || tls.flush().await.is_err() {
+                    break;
+                }
+                // Also notice a close while writing slowly.
+                let mut buf = [0u8; 64];
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(300), tls.read(&mut buf)).await
+                {
+                    break;
+                }
+                if start.elapsed() > HANDSHAKE_TIMEOUT + SLACK {
+                    return None;
+                }
+            }
+            Some(start.elapsed())
+        }));
+    }
+    // Meanwhile, normal requests are answered promptly.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..5 {
+        let t = Instant::now();
+        server.mutate().await;
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "slow: {:?}",
+            t.elapsed()
+        );
+    }
+    for handle in slow {
+        let closed = handle.await.expect("slow client task");
+        let closed = closed.expect("the server kept a byte-by-byte client past its timeout");
+        assert!(
+            closed >= HANDSHAKE_TIMEOUT - Duration::from_secs(1),
+            "closed early: {closed:?}"
+        );
+    }
+    server.mutate().await;
+    server.stop().await;
+}
+
+/// Connections that never start the TLS handshake are dropped after the handshake
+/// timeout.
+#[tokio::test]
+async fn silent_connections_are_dropped_after_the_handshake_timeout() {
+    let server = start().await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    for tcp in &mut silent {
+        let closed = closed_within(tcp, HANDSHAKE_TIMEOUT + SLACK).await;
+        assert!(closed.is_some(), "a silent connection stayed open");
+    }
+    server.mutate().await;
+    server.stop().await;
+}
+
+/// More silent connections than the cap: they cannot keep a normal client out for
+/// longer than the handshake timeout, and the server keeps serving afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_connections_than_the_cap_delay_a_client_by_at_most_the_handshake_timeout() {
+    let server = start().await;
+    let mut silent = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 100 {
+        match TcpStream::connect(server.addr).await {
+            Ok(tcp) => silent.push(tcp),
+            // The listen backlog is full: the point is made.
+            Err(_) => break,
+        }
+    }
+    assert!(
+        silent.len() > MAX_CONNECTIONS,
+        "only {} connected",
+        silent.len()
+    );
+    let t = Instant::now();
+    tokio::time::timeout(HANDSHAKE_TIMEOUT + SLACK, server.mutate())
+        .await
+        .expect("a normal client got through once the silent ones timed out");
+    eprintln!(
+        "with {} silent connections, a normal request took {:?}",
+        silent.len(),
+        t.elapsed()
+    );
+    drop(silent);
+    server.mutate().await;
+    server.stop().await;
+}
+
+/// An HTTP/1.1 connection left idle after a request does not hold its slot forever.
+#[tokio::test]
+async fn idle_http1_keep_alive_connections_are_closed() {
+    let server = start().await;
+    let mut tls = server.tls(b"http/1.1").await;
+    let body = review().to_string();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.expect("write");
+    tls.write_all(body.as_bytes()).await.expect("write");
+    tls.flush().await.expect("flush");
+    let mut first = [0u8; 12];
+    tls.read_exact(&mut first).await.expect("a response");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // The header-read timeout covers the wait for the next request's headers.
+    let closed = closed_within(&mut tls, HANDSHAKE_TIMEOUT + SLACK).await;
+    assert!(
+        closed.is_some(),
+        "an idle keep-alive connection stayed open"
+    );
+    server.stop().await;
+}
+
+/// An HTTP/2 connection left idle after a request does not hold its slot forever.
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let server = start().await;
+    let tls = server.tls(b"h2").await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let response = sender
+        .send_request(request("https://localhost/mutate"))
+        .await
+        .expect("a response");
+    assert_patched(response).await;
+    let start = Instant::now();
+    let closed = tokio::time::timeout(IDLE_TIMEOUT + SLACK, connection).await;
+    assert!(closed.is_ok(), "an idle HTTP/2 connection stayed open");
+    assert!(
+        start.elapsed() >= IDLE_TIMEOUT - Duration::from_secs(1),
+        "closed early: {:?}",
+        start.elapsed()
+    );
+    drop(sender);
+    server.stop().await;
+}
+
+/// A client that completes TLS with ALPN h2 and then says nothing (not even the
+/// HTTP/2 preface) is dropped too.
+#[tokio::test]
+async fn silent_http2_connections_are_closed() {
+    let server = start().await;
+    let mut tls = server.tls(b"h2").await;
+    let closed = closed_within(&mut tls, IDLE_TIMEOUT + SLACK).await;
+    assert!(closed.is_some(), "a silent HTTP/2 connection stayed open");
+    server.mutate().await;
+    server.stop().await;
+}
+
+/// A body trickled one byte at a time after complete headers (slow POST) is cut off
+/// too.
+#[tokio::test]
+async fn a_body_sent_byte_by_byte_is_cut_off() {
+    let server = start().await;
+    let mut tls = server.tls(b"http/1.1").await;
+    let body = review().to_string();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.expect("write");
+    tls.flush().await.expect("flush");
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    for byte in body.bytes() {
+        if tls.write_all(&[byte]).await.is_err() || tls.flush().await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(500), tls.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        elapsed < HANDSHAKE_TIMEOUT + SLACK,
+        "a trickled body held the connection for {elapsed:?}"
+    );
+    server.stop().await;
+}
