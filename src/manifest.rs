@@ -82,7 +82,9 @@ fn parse(input: &str) -> Result<Vec<Value>> {
             at.unwrap_or_default()
         ))
     })?;
-    Ok(docs)
+    // A null document (`~`, `null`, a bare tag) is no object; the YAML parser keeps some
+    // and drops others, so the output would not read back the same. kubectl skips them.
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
 fn config_map_keys(docs: &[Value]) -> EnvFromKeys {
