@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::{StreamExt as _, future};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -29,6 +30,29 @@ use crate::inject::{EnvFromKeys, Instance, NamespaceMeta, Workload};
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(1500);
 
 type MetaStore<K> = Store<PartialObjectMeta<K>>;
+
+/// The namespaced kinds whose metadata is cached to follow a Pod's owners.
+trait Workloadish:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Workloadish for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 #[derive(Clone)]
 pub struct Caches {
@@ -148,98 +172,59 @@ impl Caches {
         let Some((kind, name)) = controller_of(pod.get("metadata")) else {
             return Ok(None);
         };
-        let ns = Some(namespace);
-        match kind.as_str() {
+        let found = match kind.as_str() {
             "ReplicaSet" => {
-                let rs = cached_or_get(
-                    &self.replica_sets,
-                    Api::namespaced(self.client.clone(), namespace),
-                    ns,
-                    &name,
-                )
-                .await?;
-                let Some(rs) = rs else {
-                    return Ok(Some(workload("ReplicaSet", &name, None)));
-                };
-                match owner_of(rs.owner_references()) {
-                    Some((k, n)) if k == "Deployment" => {
-                        let d = cached_or_get(
-                            &self.deployments,
-                            Api::namespaced(self.client.clone(), namespace),
-                            ns,
-                            &n,
-                        )
-                        .await?;
-                        Ok(Some(workload(
-                            "Deployment",
-                            &n,
-                            d.as_deref().map(|d| d.annotations()),
-                        )))
-                    }
-                    // An Argo Rollout or another controller tracehook does not cache.
-                    Some((k, n)) => Ok(Some(workload(&k, &n, None))),
-                    None => Ok(Some(workload("ReplicaSet", &name, Some(rs.annotations())))),
-                }
+                self.owned(namespace, &name, &self.replica_sets, &self.deployments)
+                    .await?
             }
             "Job" => {
-                let job = cached_or_get(
-                    &self.jobs,
-                    Api::namespaced(self.client.clone(), namespace),
-                    ns,
-                    &name,
-                )
-                .await?;
-                let Some(job) = job else {
-                    return Ok(Some(workload("Job", &name, None)));
-                };
-                match owner_of(job.owner_references()) {
-                    Some((k, n)) if k == "CronJob" => {
-                        let c = cached_or_get(
-                            &self.cron_jobs,
-                            Api::namespaced(self.client.clone(), namespace),
-                            ns,
-                            &n,
-                        )
-                        .await?;
-                        Ok(Some(workload(
-                            "CronJob",
-                            &n,
-                            c.as_deref().map(|c| c.annotations()),
-                        )))
-                    }
-                    Some((k, n)) => Ok(Some(workload(&k, &n, None))),
-                    None => Ok(Some(workload("Job", &name, Some(job.annotations())))),
-                }
+                self.owned(namespace, &name, &self.jobs, &self.cron_jobs)
+                    .await?
             }
-            "StatefulSet" => {
-                let s = cached_or_get(
-                    &self.stateful_sets,
-                    Api::namespaced(self.client.clone(), namespace),
-                    ns,
-                    &name,
-                )
-                .await?;
-                Ok(Some(workload(
-                    "StatefulSet",
-                    &name,
-                    s.as_deref().map(|s| s.annotations()),
-                )))
+            "StatefulSet" => self.top(namespace, &name, &self.stateful_sets).await?,
+            "DaemonSet" => self.top(namespace, &name, &self.daemon_sets).await?,
+            _ => workload(&kind, &name, None),
+        };
+        Ok(Some(found))
+    }
+
+    /// A workload at the top of the chain (StatefulSet, DaemonSet, or the owner found
+    /// by [`Caches::owned`]).
+    async fn top<K: Workloadish>(
+        &self,
+        namespace: &str,
+        name: &str,
+        store: &MetaStore<K>,
+    ) -> Result<Workload, String> {
+        let api = Api::namespaced(self.client.clone(), namespace);
+        let found = cached_or_get(store, api, Some(namespace), name).await?;
+        Ok(workload(
+            &K::kind(&()),
+            name,
+            found.as_deref().map(|o| o.annotations()),
+        ))
+    }
+
+    /// The owner of `name` (a ReplicaSet or Job) when it is of kind `P` (its Deployment
+    /// or CronJob); a controller tracehook does not cache (an Argo Rollout) by name
+    /// only; `name` itself when nothing controls it.
+    async fn owned<K: Workloadish, P: Workloadish>(
+        &self,
+        namespace: &str,
+        name: &str,
+        store: &MetaStore<K>,
+        parents: &MetaStore<P>,
+    ) -> Result<Workload, String> {
+        let api = Api::namespaced(self.client.clone(), namespace);
+        let Some(object) = cached_or_get(store, api, Some(namespace), name).await? else {
+            return Ok(workload(&K::kind(&()), name, None));
+        };
+        match owner_of(object.owner_references()) {
+            Some((kind, parent)) if kind == P::kind(&()) => {
+                self.top(namespace, &parent, parents).await
             }
-            "DaemonSet" => {
-                let d = cached_or_get(
-                    &self.daemon_sets,
-                    Api::namespaced(self.client.clone(), namespace),
-                    ns,
-                    &name,
-                )
-                .await?;
-                Ok(Some(workload(
-                    "DaemonSet",
-                    &name,
-                    d.as_deref().map(|d| d.annotations()),
-                )))
-            }
-            _ => Ok(Some(workload(&kind, &name, None))),
+            Some((kind, parent)) => Ok(workload(&kind, &parent, None)),
+            None => Ok(workload(&K::kind(&()), name, Some(object.annotations()))),
         }
     }
 

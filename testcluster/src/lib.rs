@@ -537,8 +537,8 @@ impl Cluster {
                 },
             },
             "status": {
-                "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
-                "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+                "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "1000" },
+                "capacity": { "cpu": "32", "memory": "256Gi", "pods": "1000" },
             },
         }))?;
         match Api::<Node>::all(client.clone())

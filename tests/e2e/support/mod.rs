@@ -5,7 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -220,6 +220,11 @@ async fn prepare_cluster(cluster: &Cluster) {
         .create_namespace(INSTANCE_NS)
         .await
         .expect("instance namespace");
+    // tracehook's own namespace, where the shared process keeps its Lease.
+    cluster
+        .create_namespace("tracehook")
+        .await
+        .expect("tracehook's namespace");
     let jaegers: Api<Jaeger> = Api::namespaced(client, INSTANCE_NS);
     let instance: Jaeger = serde_json::from_value(json!({
         "apiVersion": "tracehook.dev/v1alpha1",
@@ -519,11 +524,45 @@ pub fn kubectl_stdin(cluster: &Cluster, args: &[&str], input: &str) -> (bool, St
     )
 }
 
+/// A free loopback port, never one handed out before in this process: processes
+/// started at the same moment must not be given the same one.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// Tests that rely on `obs/test` being the only `Jaeger` (an injection request of
+/// `true` resolves to the only instance) hold this; tests that create more instances
+/// hold [`more_instances`], which waits for them and keeps them out meanwhile.
+pub fn sole_instance() -> RwLockReadGuard<'static, ()> {
+    INSTANCES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn more_instances() -> MoreInstances {
+    MoreInstances(Some(INSTANCES.write().unwrap_or_else(|e| e.into_inner())))
+}
+
+static INSTANCES: RwLock<()> = RwLock::new(());
+
+pub struct MoreInstances(Option<RwLockWriteGuard<'static, ()>>);
+
+impl Drop for MoreInstances {
+    fn drop(&mut self) {
+        // The test's instances are deleted by now; give tracehook's watch a moment to
+        // see the deletions before `true` is relied on again.
+        std::thread::sleep(Duration::from_secs(1));
+        self.0.take();
+    }
 }
 
 /// A plain-HTTP GET on loopback: (status, body).
