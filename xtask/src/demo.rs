@@ -75,7 +75,10 @@ pub fn up() -> Result<()> {
         "--timeout=60s",
     ]))?;
 
-    step(started, "creating tracehook's namespace (it holds the reconciler's Lease)");
+    step(
+        started,
+        "creating tracehook's namespace (it holds the reconciler's Lease)",
+    );
     run_stdin(
         &mut kubectl(&["apply", "-f", "-"]),
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tracehook\n",
