@@ -244,7 +244,7 @@ fn image(deployment: &Deployment) -> Option<String> {
 
 #[tokio::test]
 async fn creates_every_child_with_names_ports_labels_and_owner() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-create";
     // The backend Pod must pass Pod Security "restricted", enforced here.
@@ -399,7 +399,7 @@ async fn creates_every_child_with_names_ports_labels_and_owner() {
 
 #[tokio::test]
 async fn reaches_running_once_the_deployment_is_available() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-running";
     namespace(&client, ns, json!({}), json!({})).await;
@@ -482,7 +482,7 @@ async fn reaches_running_once_the_deployment_is_available() {
 
 #[tokio::test]
 async fn children_follow_image_label_and_ingress_changes() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-changes";
     namespace(&client, ns, json!({}), json!({})).await;
@@ -582,7 +582,7 @@ async fn children_follow_image_label_and_ingress_changes() {
 
 #[tokio::test]
 async fn a_deleted_child_is_restored() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-restore";
     namespace(&client, ns, json!({}), json!({})).await;
@@ -621,7 +621,7 @@ async fn a_deleted_child_is_restored() {
 
 #[tokio::test]
 async fn a_hand_edited_child_is_reverted() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-drift";
     namespace(&client, ns, json!({}), json!({})).await;
@@ -685,7 +685,7 @@ async fn a_hand_edited_child_is_reverted() {
 
 #[tokio::test]
 async fn deleting_the_instance_lets_the_garbage_collector_remove_the_children() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-gc";
     namespace(&client, ns, json!({}), json!({})).await;
@@ -730,7 +730,7 @@ async fn deleting_the_instance_lets_the_garbage_collector_remove_the_children() 
 
 #[tokio::test]
 async fn same_name_in_two_namespaces_gets_two_sets_of_children() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let (a, b) = ("e2e-rc-twin-a", "e2e-rc-twin-b");
     namespace(&client, a, json!({}), json!({})).await;
@@ -839,7 +839,7 @@ async fn nothing_to_change_means_no_writes() {
 
 #[tokio::test]
 async fn injected_pods_point_at_the_local_instance_and_use_its_sidecar_settings() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-inject";
     labelled_namespace(&client, ns).await;
@@ -899,7 +899,7 @@ async fn injected_pods_point_at_the_local_instance_and_use_its_sidecar_settings(
 
 #[tokio::test]
 async fn an_invalid_ingress_host_becomes_a_failed_condition_and_an_event() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-failed";
     namespace(&client, ns, json!({}), json!({})).await;
@@ -959,7 +959,7 @@ async fn an_invalid_ingress_host_becomes_a_failed_condition_and_an_event() {
 
 #[tokio::test]
 async fn a_strategy_other_than_all_in_one_is_rejected() {
-    let _instances = more_instances();
+    let _instances = more_instances().await;
     let client = client().await;
     let ns = "e2e-rc-strategy";
     namespace(&client, ns, json!({}), json!({})).await;

@@ -22,7 +22,7 @@ fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
 
 #[tokio::test]
 async fn labelled_namespace_pod_gets_the_native_sidecar() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     labelled_namespace(&client, "e2e-labelled").await;
     let stored = create_pod(&client, "e2e-labelled", &pod("web", json!({}))).await;
@@ -63,7 +63,7 @@ async fn labelled_namespace_pod_gets_the_native_sidecar() {
 
 #[tokio::test]
 async fn unlabelled_namespace_pod_is_untouched() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     namespace(&client, "e2e-unlabelled", json!({}), json!({})).await;
     let stored = create_pod(
@@ -80,7 +80,7 @@ async fn unlabelled_namespace_pod_is_untouched() {
 
 #[tokio::test]
 async fn pod_annotation_false_is_untouched() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     labelled_namespace(&client, "e2e-optout").await;
     let stored = create_pod(
@@ -95,7 +95,7 @@ async fn pod_annotation_false_is_untouched() {
 
 #[tokio::test]
 async fn namespace_annotation_false_beats_the_label() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     namespace(
         &client,
@@ -112,7 +112,7 @@ async fn namespace_annotation_false_beats_the_label() {
 /// metadata injects the Pods, and the Deployment is never rewritten, so nothing rolls.
 #[tokio::test]
 async fn deployment_annotated_the_jaeger_operator_way_injects_pods_without_a_rollout() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-deployment";
     // The label sends Pods to the webhook; the namespace itself says no, so only the
@@ -183,7 +183,7 @@ async fn deployment_annotated_the_jaeger_operator_way_injects_pods_without_a_rol
 
 #[tokio::test]
 async fn stateful_set_pods_are_injected() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-statefulset";
     labelled_namespace(&client, ns).await;
@@ -213,7 +213,7 @@ async fn stateful_set_pods_are_injected() {
 
 #[tokio::test]
 async fn daemon_set_pods_are_injected() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-daemonset";
     labelled_namespace(&client, ns).await;
@@ -253,7 +253,7 @@ fn job_spec(label: &str) -> Value {
 
 #[tokio::test]
 async fn job_pods_are_injected() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-job";
     labelled_namespace(&client, ns).await;
@@ -276,7 +276,7 @@ async fn job_pods_are_injected() {
 /// Pod → Job → CronJob: the CronJob's annotation decides, as a Deployment's does.
 #[tokio::test]
 async fn cron_job_pods_are_injected_through_the_owner_chain() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-cronjob";
     namespace(
@@ -322,7 +322,7 @@ async fn cron_job_pods_are_injected_through_the_owner_chain() {
 
 #[tokio::test]
 async fn dry_run_create_gets_the_patch() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-dryrun";
     labelled_namespace(&client, ns).await;
@@ -346,7 +346,7 @@ async fn dry_run_create_gets_the_patch() {
 
 #[tokio::test]
 async fn a_skip_leaves_an_event_but_a_dry_run_skip_does_not() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-events";
     labelled_namespace(&client, ns).await;
@@ -407,7 +407,7 @@ async fn a_skip_leaves_an_event_but_a_dry_run_skip_does_not() {
 
 #[tokio::test]
 async fn a_skipped_pod_is_told_why_in_a_warning() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let env = env();
     let client = client().await;
     let ns = "e2e-warning";
@@ -427,7 +427,7 @@ async fn a_skipped_pod_is_told_why_in_a_warning() {
 
 #[tokio::test]
 async fn named_instance_from_another_namespace() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-named";
     labelled_namespace(&client, ns).await;
@@ -445,7 +445,7 @@ async fn named_instance_from_another_namespace() {
 
 #[tokio::test]
 async fn otel_collector_flavor() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-otel";
     labelled_namespace(&client, ns).await;
@@ -468,7 +468,7 @@ async fn otel_collector_flavor() {
 
 #[tokio::test]
 async fn env_from_config_map_keys_are_respected() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-envfrom";
     labelled_namespace(&client, ns).await;
@@ -502,7 +502,7 @@ async fn env_from_config_map_keys_are_respected() {
 
 #[tokio::test]
 async fn injected_pod_reaches_running_on_the_kwok_node() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-running";
     labelled_namespace(&client, ns).await;
@@ -531,7 +531,7 @@ async fn injected_pod_reaches_running_on_the_kwok_node() {
 /// pass it on its own.
 #[tokio::test]
 async fn injected_pods_pass_the_restricted_pod_security_profile() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-restricted";
     namespace(
@@ -566,7 +566,7 @@ async fn injected_pods_pass_the_restricted_pod_security_profile() {
 /// second sidecar.
 #[tokio::test]
 async fn reinvocation_adds_no_second_sidecar() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let env = env();
     let client = client().await;
     let ns = "e2e-reinvoke";
@@ -622,7 +622,7 @@ async fn reinvocation_adds_no_second_sidecar() {
 /// rather than blocked.
 #[tokio::test]
 async fn webhook_down_with_failure_policy_ignore_still_creates_pods() {
-    let _instances = sole_instance();
+    let _instances = sole_instance().await;
     let env = env();
     let client = client().await;
     let ns = "e2e-down";

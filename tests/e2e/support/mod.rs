@@ -5,8 +5,10 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, OnceLock};
+
 use std::time::{Duration, Instant};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -544,15 +546,16 @@ fn free_port() -> u16 {
 /// Tests that rely on `obs/test` being the only `Jaeger` (an injection request of
 /// `true` resolves to the only instance) hold this; tests that create more instances
 /// hold [`more_instances`], which waits for them and keeps them out meanwhile.
-pub fn sole_instance() -> RwLockReadGuard<'static, ()> {
-    INSTANCES.read().unwrap_or_else(|e| e.into_inner())
+pub async fn sole_instance() -> RwLockReadGuard<'static, ()> {
+    INSTANCES.read().await
 }
 
-pub fn more_instances() -> MoreInstances {
-    MoreInstances(Some(INSTANCES.write().unwrap_or_else(|e| e.into_inner())))
+pub async fn more_instances() -> MoreInstances {
+    MoreInstances(Some(INSTANCES.write().await))
 }
 
-static INSTANCES: RwLock<()> = RwLock::new(());
+// A tokio lock: each test has its own runtime, and the guard lives across awaits.
+static INSTANCES: RwLock<()> = RwLock::const_new(());
 
 pub struct MoreInstances(Option<RwLockWriteGuard<'static, ()>>);
 
