@@ -27,6 +27,12 @@ pub async fn start() -> Result<(Cluster, Client)> {
     let cluster = Cluster::start(testcluster::Options::default())?;
     println!("cluster up in {:.1} s", started.elapsed().as_secs_f64());
     let client = cluster.client().await?;
+    install_crd(&client).await?;
+    Ok((cluster, client))
+}
+
+/// Applies the `Jaeger` CRD and waits until it is established.
+pub async fn install_crd(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
         "jaegers.tracehook.dev",
@@ -48,14 +54,13 @@ pub async fn start() -> Result<(Cluster, Client)> {
                     .any(|c| c.type_ == "Established" && c.status == "True")
             });
         if established {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("the CRD is not established");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((cluster, client))
 }
 
 /// Creates a namespace with labels (not waiting for its ServiceAccount).

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod e2e;
 pub mod footprint;
 pub mod load;
+pub mod reconciler;
 pub mod stats;
 pub mod sys;
 

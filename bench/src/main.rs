@@ -5,6 +5,7 @@
 //! tracehook-bench e2e      [--pods N] [--chunks N]
 //! tracehook-bench startup  [--runs N]
 //! tracehook-bench caches   [--namespaces N] [--instances N] [--runs N]
+//! tracehook-bench reconciler [--instances N] [--per-namespace N] [--idle S]
 //! tracehook-bench admit-loop [--shape minimal|typical|large] [--iterations N]
 //! ```
 //!
@@ -15,10 +16,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use tracehook_bench::{e2e, footprint, load, pods};
+use tracehook_bench::{e2e, footprint, load, pods, reconciler};
 
-const USAGE: &str =
-    "usage: tracehook-bench <load|e2e|startup|caches|admit-loop> [flags] (see the crate docs)";
+const USAGE: &str = "usage: tracehook-bench <load|e2e|startup|caches|reconciler|admit-loop> [flags] (see the crate docs)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -87,6 +87,11 @@ fn run(args: &[String]) -> Result<()> {
             flags.get("--namespaces", 1000)?,
             flags.get("--instances", 100)?,
             flags.get("--runs", 5)?,
+        )),
+        "reconciler" => runtime()?.block_on(reconciler::run(
+            flags.get("--instances", 500)?,
+            flags.get("--per-namespace", 10)?,
+            std::time::Duration::from_secs(flags.get("--idle", 60)?),
         )),
         "admit-loop" => admit_loop(
             &flags.get("--shape", "typical".to_owned())?,
