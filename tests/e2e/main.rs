@@ -6,7 +6,9 @@
 //! Missing binaries fail the run (testcluster builds them, or says why it cannot).
 
 mod certificates;
+mod faults;
 mod install;
 mod reconciler;
+mod security;
 mod support;
 mod webhook;
