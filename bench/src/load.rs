@@ -32,6 +32,9 @@ pub struct Options {
     pub connections: usize,
     /// Servers on CPU 1, oha on CPU 0.
     pub pin: bool,
+    /// A malloc to try as well: a third server, tracehook with this library in
+    /// `LD_PRELOAD` (e.g. Debian's libmimalloc.so.2).
+    pub preload: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -42,6 +45,7 @@ impl Default for Options {
             rate: 2000,
             connections: 16,
             pin: true,
+            preload: None,
         }
     }
 }
@@ -70,10 +74,12 @@ struct Run {
     requests: u64,
     non_200: u64,
     errors: u64,
+    /// oha's error messages with their counts.
+    error_kinds: String,
 }
 
 struct Server {
-    name: &'static str,
+    name: String,
     child: Child,
     port: u16,
     peak_rss_kib: Arc<AtomicU64>,
@@ -118,23 +124,29 @@ pub fn run(opts: &Options) -> Result<()> {
     let cert = certs.join("tls.crt");
     let key = certs.join("tls.key");
     let probe_port = sys::free_port();
-    let port = sys::free_port();
-    let mut cmd = pinned(opts.pin, "1", &tracehook);
-    cmd.args([
-        "serve",
-        "--no-cluster",
-        "--instance",
-        "obs/test",
-        "--listen",
-    ])
-    .arg(format!("127.0.0.1:{port}"))
-    .arg("--probe-listen")
-    .arg(format!("127.0.0.1:{probe_port}"))
-    .arg("--tls-cert-file")
-    .arg(&cert)
-    .arg("--tls-key-file")
-    .arg(&key);
-    let ours = start("tracehook", cmd, port, &dir.join("tracehook.log"))?;
+    let tracehook_server = |name: &str, probe_port: u16, preload: Option<&Path>| {
+        let port = sys::free_port();
+        let mut cmd = pinned(opts.pin, "1", &tracehook);
+        cmd.args([
+            "serve",
+            "--no-cluster",
+            "--instance",
+            "obs/test",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--probe-listen")
+        .arg(format!("127.0.0.1:{probe_port}"))
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key);
+        if let Some(lib) = preload {
+            cmd.env("LD_PRELOAD", lib);
+        }
+        start(name, cmd, port, &dir.join(format!("{port}.log")))
+    };
+    let ours = tracehook_server("tracehook", probe_port, None)?;
     let port = sys::free_port();
     let mut cmd = pinned(opts.pin, "1", &noop);
     cmd.arg("--listen")
@@ -144,23 +156,38 @@ pub fn run(opts: &Options) -> Result<()> {
         .arg("--tls-key-file")
         .arg(&key);
     let baseline = start("no-op", cmd, port, &dir.join("noop.log"))?;
+    let preloaded = match &opts.preload {
+        Some(lib) => {
+            let name = format!(
+                "tracehook, LD_PRELOAD={}",
+                lib.file_name().unwrap_or_default().to_string_lossy()
+            );
+            Some(tracehook_server(&name, sys::free_port(), Some(lib))?)
+        }
+        None => None,
+    };
     for (_, body) in &bodies {
         check_patched(&ours, body, &certs.join("ca.crt"))?;
     }
-    let idle = [
-        Memory::of(ours.child.id()).unwrap_or_default(),
-        Memory::of(baseline.child.id()).unwrap_or_default(),
-    ];
-    println!("idle: tracehook {}, no-op {}", idle[0], idle[1]);
+    let servers: Vec<&Server> = [Some(&ours), Some(&baseline), preloaded.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let idle: Vec<Memory> = servers
+        .iter()
+        .map(|s| Memory::of(s.child.id()).unwrap_or_default())
+        .collect();
+    for (server, memory) in servers.iter().zip(&idle) {
+        println!("idle: {} {memory}", server.name);
+    }
 
     let sampling = Arc::new(AtomicBool::new(true));
-    let samplers: Vec<_> = [&ours, &baseline]
+    let samplers: Vec<_> = servers
         .iter()
         .map(|s| sample_rss(s.child.id(), s.peak_rss_kib.clone(), sampling.clone()))
         .collect();
 
     let mut report = String::new();
-    let servers = [&ours, &baseline];
     writeln!(
         report,
         "\n### Throughput, {} connections (HTTP/2: {} connections × 8 streams), {} s per run, median of {} rounds\n",
@@ -171,16 +198,16 @@ pub fn run(opts: &Options) -> Result<()> {
     )?;
     writeln!(
         report,
-        "| body | protocol | tracehook req/s | no-op req/s | ratio | tracehook p99 ms | no-op p99 ms | errors |"
+        "| body | protocol | server | req/s | % of no-op | p50 ms | p99 ms | errors |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
     for (label, body) in &bodies {
         for protocol in [Protocol::Http1, Protocol::Http2] {
-            let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+            let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
             for round in 0..opts.rounds {
-                // Alternate who goes first, so a drift in background load is shared.
-                let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-                for i in order {
+                // Rotate who goes first, so a drift in background load is shared.
+                for k in 0..servers.len() {
+                    let i = (k + round) % servers.len();
                     let run = oha_run(&oha, opts, servers[i].port, body, protocol, None)?;
                     println!(
                         "  {label} {} {} round {round}: {:.0} req/s, p99 {:.3} ms, errors {}",
@@ -190,22 +217,28 @@ pub fn run(opts: &Options) -> Result<()> {
                         run.p99_ms,
                         run.errors + run.non_200
                     );
+                    if run.errors > 0 {
+                        println!("    errors: {}", run.error_kinds);
+                    }
                     runs[i].push(run);
                 }
             }
-            let rps = |i: usize| median(&runs[i].iter().map(|r| r.rps).collect::<Vec<_>>());
-            let p99 = |i: usize| median(&runs[i].iter().map(|r| r.p99_ms).collect::<Vec<_>>());
-            let errors: u64 = runs.iter().flatten().map(|r| r.errors + r.non_200).sum();
-            writeln!(
-                report,
-                "| {label} | {} | {:.0} | {:.0} | {:.0}% | {:.3} | {:.3} | {errors} |",
-                protocol.name(),
-                rps(0),
-                rps(1),
-                100.0 * rps(0) / rps(1),
-                p99(0),
-                p99(1)
-            )?;
+            let med =
+                |i: usize, f: fn(&Run) -> f64| median(&runs[i].iter().map(f).collect::<Vec<_>>());
+            let baseline_rps = med(1, |r| r.rps);
+            for (i, server) in servers.iter().enumerate() {
+                let errors: u64 = runs[i].iter().map(|r| r.errors + r.non_200).sum();
+                writeln!(
+                    report,
+                    "| {label} | {} | {} | {:.0} | {:.0}% | {:.3} | {:.3} | {errors} |",
+                    protocol.name(),
+                    server.name,
+                    med(i, |r| r.rps),
+                    100.0 * med(i, |r| r.rps) / baseline_rps,
+                    med(i, |r| r.p50_ms),
+                    med(i, |r| r.p99_ms),
+                )?;
+            }
         }
     }
 
@@ -221,8 +254,17 @@ pub fn run(opts: &Options) -> Result<()> {
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
     for (label, body) in &bodies {
         for protocol in [Protocol::Http1, Protocol::Http2] {
-            for server in servers {
+            for server in &servers {
                 let run = oha_run(&oha, opts, server.port, body, protocol, Some(opts.rate))?;
+                if run.errors > 0 {
+                    println!(
+                        "  {label} {} {} at {} req/s errors: {}",
+                        protocol.name(),
+                        server.name,
+                        opts.rate,
+                        run.error_kinds
+                    );
+                }
                 writeln!(
                     report,
                     "| {label} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |",
@@ -305,14 +347,14 @@ fn pinned(pin: bool, cpu: &str, program: &Path) -> Command {
     }
 }
 
-fn start(name: &'static str, mut cmd: Command, port: u16, log: &Path) -> Result<Server> {
+fn start(name: &str, mut cmd: Command, port: u16, log: &Path) -> Result<Server> {
     let log = std::fs::File::create(log)?;
     cmd.stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null());
     let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
     let server = Server {
-        name,
+        name: name.to_owned(),
         child,
         port,
         peak_rss_kib: Arc::new(AtomicU64::new(0)),
@@ -415,6 +457,10 @@ fn oha_run(
         requests: all,
         non_200: all - ok,
         errors: count("/errorDistribution"),
+        error_kinds: json
+            .get("errorDistribution")
+            .map(Value::to_string)
+            .unwrap_or_default(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! `tracehook-bench`: the system benchmarks of BENCHMARKS.md.
 //!
 //! ```text
-//! tracehook-bench load     [--duration S] [--rounds N] [--rate R] [--connections C] [--no-pin]
+//! tracehook-bench load     [--duration S] [--rounds N] [--rate R] [--connections C] [--no-pin] [--preload LIB]
 //! tracehook-bench e2e      [--pods N] [--chunks N]
 //! tracehook-bench startup  [--runs N]
 //! tracehook-bench caches   [--namespaces N] [--instances N] [--runs N]
@@ -71,6 +71,11 @@ fn run(args: &[String]) -> Result<()> {
                 rate: flags.get("--rate", d.rate)?,
                 connections: flags.get("--connections", d.connections)?,
                 pin: !flags.has("--no-pin"),
+                preload: flags
+                    .has("--preload")
+                    .then(|| flags.get("--preload", String::new()))
+                    .transpose()?
+                    .map(Into::into),
             })
         }
         "e2e" => {
