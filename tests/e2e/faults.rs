@@ -260,6 +260,8 @@ async fn etcd_restart_caches_recover_and_injection_continues() {
 /// creations. Every Pod is created; those admitted while it was down lack the sidecar.
 #[tokio::test]
 async fn webhook_killed_during_a_burst_of_500_pod_creates_loses_no_pod() {
+    // `true` names the only instance, obs/test.
+    let _instances = sole_instance().await;
     const PODS: usize = 500;
     const KILL_AFTER: usize = 150;
     let env = env();
@@ -383,6 +385,8 @@ async fn failing_create(client: &Client, ns: &str, what: &str) -> (Duration, Str
 /// naming the webhook and within timeoutSeconds; once it is back, Pods are injected.
 #[tokio::test]
 async fn failure_policy_fail_with_the_webhook_down_or_hung_fails_fast_and_clearly() {
+    // `true` names the only instance, obs/test.
+    let _instances = sole_instance().await;
     let env = env();
     let client = env.cluster.client().await.expect("client");
     let ns = "e2e-fault-fail";
