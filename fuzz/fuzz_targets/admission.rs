@@ -1,0 +1,101 @@
+//! The webhook's decode + inject path on arbitrary bytes: parse the AdmissionReview,
+//! decide, answer; and whenever a patch comes out, it must apply to the Pod it was
+//! made for, and the patched Pod must be recognised as already injected (the API
+//! server reinvokes the webhook with it).
+
+#![no_main]
+
+use std::collections::BTreeMap;
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use tracehook::admission::{AdmissionResponse, AdmissionReview};
+use tracehook::inject::{
+    self, Decision, EnvFromKeys, Flavor, Instance, Instances, NamespaceMeta, Settings,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(request) = AdmissionReview::parse(data) else {
+        return;
+    };
+    let pod = match request.is_pod_create() {
+        Ok(pod) => pod,
+        Err(skip) => {
+            let mut response = AdmissionResponse::allow(&request.uid);
+            response.warn(&skip.message);
+            check_review(&response.into_review_json());
+            return;
+        }
+    };
+    // The world varies with the input's length, so a crash reproduces from the file.
+    let settings = Settings {
+        native_sidecars: data.len() % 2 == 0,
+        default_flavor: if data.len() % 4 < 2 {
+            Flavor::JaegerAgent
+        } else {
+            Flavor::OtelCollector
+        },
+        ..Settings::default()
+    };
+    let namespace_name = request
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_owned());
+    let namespace = NamespaceMeta {
+        name: namespace_name,
+        labels: BTreeMap::from([("tracehook.dev/injection".to_owned(), "enabled".to_owned())]),
+        annotations: BTreeMap::new(),
+    };
+    let instances = [
+        Instance {
+            namespace: "obs".into(),
+            name: "test".into(),
+            ..Instance::default()
+        },
+        Instance {
+            namespace: "demo".into(),
+            name: "test".into(),
+            ..Instance::default()
+        },
+    ];
+    let env_from = EnvFromKeys {
+        config_maps: BTreeMap::from([(
+            "settings".to_owned(),
+            vec!["OTEL_SERVICE_NAME".to_owned()],
+        )]),
+    };
+    let decide = |pod: &Value| {
+        inject::decide(&inject::Input {
+            pod,
+            namespace: &namespace,
+            workload: None,
+            instances: Instances::Known(&instances),
+            env_from: &env_from,
+            settings: &settings,
+        })
+    };
+    let decision = decide(pod);
+    check_review(&AdmissionResponse::for_decision(&request.uid, &decision).into_review_json());
+    if let Decision::Injected(injection) = &decision {
+        let mut patched = pod.clone();
+        if let Err(e) = json_patch::patch(&mut patched, &injection.patch) {
+            panic!("the patch does not apply to its own Pod: {e}");
+        }
+        let again = decide(&patched);
+        assert_eq!(
+            again,
+            Decision::AlreadyInjected,
+            "reinvocation must add nothing"
+        );
+    }
+});
+
+fn check_review(body: &[u8]) {
+    let review: Value = serde_json::from_slice(body).expect("the answer is JSON");
+    assert_eq!(
+        review["response"]["allowed"],
+        Value::Bool(true),
+        "never denies"
+    );
+}
