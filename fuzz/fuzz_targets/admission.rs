@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // The world varies with the input's length, so a crash reproduces from the file.
     let settings = Settings {
-        native_sidecars: data.len() % 2 == 0,
+        native_sidecars: data.len().is_multiple_of(2),
         default_flavor: if data.len() % 4 < 2 {
             Flavor::JaegerAgent
         } else {

@@ -15,10 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let default = InstanceRef::new("obs", "test");
     let options = Options {
         settings: Settings {
-            native_sidecars: data.len() % 2 == 0,
+            native_sidecars: data.len().is_multiple_of(2),
             ..Settings::default()
         },
-        instance: (data.len() % 3 != 0).then_some(default),
+        instance: (!data.len().is_multiple_of(3)).then_some(default),
         flavor: None,
         namespace: "default".to_owned(),
     };
