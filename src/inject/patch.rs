@@ -29,8 +29,13 @@ impl PatchBuilder {
             Some(Value::Array(_)) => {
                 let mut end = tokens.to_vec();
                 end.push("-");
-                for item in items {
-                    self.add(&end, item);
+                // One pointer for all the items: building it escapes every token.
+                let path = PointerBuf::from_tokens(end);
+                for value in items {
+                    self.ops.push(PatchOperation::Add(AddOperation {
+                        path: path.clone(),
+                        value,
+                    }));
                 }
             }
             _ => self.add(tokens, Value::Array(items)),

@@ -211,7 +211,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
     status.insert("native".to_owned(), native.into());
     status.insert("env".to_owned(), Value::Object(env_added));
     status.insert("version".to_owned(), crate::VERSION.into());
-    let status = Value::Object(status).to_string();
+    let status = serde_json::to_string(&status).expect("a map of strings always serializes");
     let label = marker_label(&instance.namespace, &instance.name);
     match metadata {
         Some(Value::Object(m)) => {
