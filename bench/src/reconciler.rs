@@ -47,6 +47,8 @@ pub async fn run(instances: usize, per_namespace: usize, idle: Duration) -> Resu
             format!("--audit-log-path={}", audit.display()),
             "--audit-log-maxsize=4096".to_owned(),
             "--audit-log-format=json".to_owned(),
+            // Two ClusterIP Services per instance: testcluster's /24 holds 126 instances.
+            "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
         ],
         ..testcluster::Options::default()
     })?;
