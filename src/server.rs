@@ -208,6 +208,20 @@ pub async fn admit(ctx: &Context, body: &[u8]) -> Result<AdmissionResponse, Stri
                 response.warn(w);
             }
             tracing::info!(instance = %injection.instance, flavor = %injection.flavor, "injected");
+            if !injection.kept.is_empty() {
+                tracing::debug!(kept = ?injection.kept, "left the user's settings alone");
+            }
+            if let Some(events) = &ctx.events
+                && !request.is_dry_run()
+            {
+                let warnings: Vec<String> = injection
+                    .warnings
+                    .iter()
+                    .chain(&snapshot.warnings)
+                    .cloned()
+                    .collect();
+                events.partial(namespace, pod, snapshot.workload.as_ref(), &warnings);
+            }
         }
         Decision::Skipped(skip) => {
             for w in &snapshot.warnings {
@@ -217,7 +231,7 @@ pub async fn admit(ctx: &Context, body: &[u8]) -> Result<AdmissionResponse, Stri
             if let Some(events) = &ctx.events
                 && !request.is_dry_run()
             {
-                events.skipped(namespace, pod, skip);
+                events.skipped(namespace, pod, snapshot.workload.as_ref(), skip);
             }
         }
         _ => tracing::debug!("no injection"),

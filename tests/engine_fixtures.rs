@@ -12,6 +12,7 @@ use rstest::rstest;
 use serde::Deserialize;
 use serde_json::Value;
 use tracehook::admission::{AdmissionResponse, AdmissionReview};
+use tracehook::inject::limits::{LimitRange, ResourcePolicy, ResourceQuota};
 use tracehook::inject::{
     self, Decision, EnvFromKeys, Flavor, Instance, Instances, NamespaceMeta, Resources, Settings,
     SidecarSettings, Workload,
@@ -36,13 +37,40 @@ struct Fixture {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct NamespaceFixture {
     name: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    /// LimitRange objects as the API server stores them (`metadata.name`, `spec`).
+    #[serde(default)]
+    limit_ranges: Vec<Value>,
+    /// ResourceQuota objects (`metadata.name`, `spec`, `status`).
+    #[serde(default)]
+    resource_quotas: Vec<Value>,
+}
+
+fn policy(n: &NamespaceFixture) -> ResourcePolicy {
+    let name = |o: &Value| {
+        o.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    ResourcePolicy {
+        limit_ranges: n
+            .limit_ranges
+            .iter()
+            .map(|o| LimitRange::from_spec(&name(o), o.get("spec")))
+            .collect(),
+        quotas: n
+            .resource_quotas
+            .iter()
+            .map(|o| ResourceQuota::from_parts(&name(o), o.get("spec"), o.get("status")))
+            .collect(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -221,6 +249,7 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
             name: n.name.clone().unwrap_or(ns_name),
             labels: n.labels.clone(),
             annotations: n.annotations.clone(),
+            policy: policy(n),
         },
         None => {
             let mut n = NamespaceMeta::named(ns_name);

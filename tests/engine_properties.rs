@@ -421,17 +421,37 @@ fn assert_only_added(before: &Value, after: &Value, flavor: Flavor, native: bool
                 continue;
             }
             let new_env = n["env"].as_array().map_or(&[][..], Vec::as_slice);
-            assert!(
-                new_env.starts_with(user_env),
-                "user env changed: {user_env:?} → {new_env:?}"
-            );
             let name = |e: &Value| e["name"].as_str().unwrap_or_default().to_owned();
             let user_names: BTreeSet<_> = user_env.iter().map(name).collect();
+            // The user's entries keep their order and values; the one exception is a
+            // literal OTEL_RESOURCE_ATTRIBUTES, which keeps its value as a prefix and
+            // gets tracehook's other attributes after it.
+            let mut user = user_env.iter().peekable();
             let mut added = BTreeSet::new();
-            for e in &new_env[user_env.len()..] {
+            for e in new_env {
+                if let Some(&u) = user.peek()
+                    && name(u) == name(e)
+                {
+                    if e != u {
+                        let (Some(was), Some(now)) = (u["value"].as_str(), e["value"].as_str())
+                        else {
+                            panic!("user env changed: {u} → {e}");
+                        };
+                        assert!(
+                            name(u) == "OTEL_RESOURCE_ATTRIBUTES" && now.starts_with(was),
+                            "user env changed: {u} → {e}"
+                        );
+                    }
+                    user.next();
+                    continue;
+                }
                 assert!(!user_names.contains(&name(e)), "{} overridden", e["name"]);
                 assert!(added.insert(name(e)), "{} added twice", e["name"]);
             }
+            assert!(
+                user.next().is_none(),
+                "user env lost: {user_env:?} → {new_env:?}"
+            );
         }
     }
     for key in ["labels", "annotations"] {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tracehook::admission::{AdmissionResponse, AdmissionReview};
+use tracehook::inject::limits::{LimitRange, ResourcePolicy, ResourceQuota};
 use tracehook::inject::{
     self, Decision, EnvFromKeys, Flavor, Instance, Instances, NamespaceMeta, Settings,
 };
@@ -46,6 +47,22 @@ fuzz_target!(|data: &[u8]| {
         name: namespace_name,
         labels: BTreeMap::from([("tracehook.dev/injection".to_owned(), "enabled".to_owned())]),
         annotations: BTreeMap::new(),
+        // Bounds of every shape, so that fitting the sidecar is fuzzed with the rest.
+        policy: ResourcePolicy {
+            limit_ranges: vec![LimitRange::from_spec(
+                "limits",
+                Some(&serde_json::json!({"limits": [
+                    {"type": "Container", "max": {"cpu": "150m"}, "min": {"memory": "16Mi"},
+                     "maxLimitRequestRatio": {"cpu": "10"}},
+                    {"type": "Pod", "max": {"memory": "1Gi"}}
+                ]})),
+            )],
+            quotas: vec![ResourceQuota::from_parts(
+                "compute",
+                Some(&serde_json::json!({"hard": {"requests.cpu": "2", "limits.memory": "4Gi"}})),
+                Some(&serde_json::json!({"used": {"requests.cpu": "1900m"}})),
+            )],
+        },
     };
     let instances = [
         Instance {

@@ -14,7 +14,7 @@ use futures::{StreamExt as _, future};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota};
 use kube::api::{Api, PartialObjectMeta, ResourceExt as _};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::Snapshot;
 use crate::crd::Jaeger;
+use crate::inject::limits::{self, ResourcePolicy};
 use crate::inject::{EnvFromKeys, Instance, NamespaceMeta, Workload};
 
 /// How long one cache-miss GET may take: well inside the webhook's 5 s timeout.
@@ -65,6 +66,9 @@ pub struct Caches {
     daemon_sets: MetaStore<DaemonSet>,
     jobs: MetaStore<Job>,
     cron_jobs: MetaStore<CronJob>,
+    /// LimitRanges and ResourceQuotas by namespace, rebuilt on every change of either.
+    policies: Arc<ArcSwap<BTreeMap<String, ResourcePolicy>>>,
+    rollouts: rollouts::Rollouts,
     synced: Arc<AtomicBool>,
 }
 
@@ -75,7 +79,11 @@ impl Caches {
             Arc::new(ArcSwap::from_pointee(Arc::from(Vec::new())));
         let (jaeger_store, jaeger_ready) = watch_instances(client.clone(), instance_list.clone());
         let namespaces = watch_metadata::<Namespace>(client.clone());
+        let policies = Arc::new(ArcSwap::from_pointee(BTreeMap::new()));
+        let (limit_ranges, quotas) = watch_policies(client.clone(), policies.clone());
         let caches = Self {
+            policies,
+            rollouts: rollouts::Rollouts::start(client.clone()),
             namespaces: namespaces.clone(),
             instance_list,
             replica_sets: watch_metadata(client.clone()),
@@ -103,6 +111,9 @@ impl Caches {
                 Box::pin(async { waiting.daemon_sets.wait_until_ready().await.is_ok() }),
                 Box::pin(async { waiting.jobs.wait_until_ready().await.is_ok() }),
                 Box::pin(async { waiting.cron_jobs.wait_until_ready().await.is_ok() }),
+                Box::pin(async { limit_ranges.wait_until_ready().await.is_ok() }),
+                Box::pin(async { quotas.wait_until_ready().await.is_ok() }),
+                Box::pin(async { waiting.rollouts.wait_until_ready().await }),
             ])
             .await;
             if all.into_iter().all(|ok| ok) {
@@ -162,9 +173,18 @@ impl Caches {
                 name: name.to_owned(),
                 labels: ns.labels().clone(),
                 annotations: ns.annotations().clone(),
+                policy: self.policy(name),
             },
             None => NamespaceMeta::named(name),
         })
+    }
+
+    fn policy(&self, namespace: &str) -> ResourcePolicy {
+        self.policies
+            .load()
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Follows the Pod's controller ownerReferences up to the workload a user wrote.
@@ -222,6 +242,10 @@ impl Caches {
         match owner_of(object.owner_references()) {
             Some((kind, parent)) if kind == P::kind(&()) => {
                 self.top(namespace, &parent, parents).await
+            }
+            Some((kind, parent)) if kind == "Rollout" => {
+                let annotations = self.rollouts.annotations(namespace, &parent).await?;
+                Ok(workload(&kind, &parent, annotations.as_ref()))
             }
             Some((kind, parent)) => Ok(workload(&kind, &parent, None)),
             None => Ok(workload(&K::kind(&()), name, Some(object.annotations()))),
@@ -380,4 +404,210 @@ fn watch_instances(
     });
     tokio::spawn(stream);
     (reader, ready)
+}
+
+/// Watches LimitRanges and ResourceQuotas (small objects, few per namespace) and keeps
+/// what the engine reads of them by namespace.
+fn watch_policies(
+    client: Client,
+    policies: Arc<ArcSwap<BTreeMap<String, ResourcePolicy>>>,
+) -> (Store<LimitRange>, Store<ResourceQuota>) {
+    let (ranges, ranges_writer) = reflector::store::<LimitRange>();
+    let (quotas, quotas_writer) = reflector::store::<ResourceQuota>();
+    let rebuild = {
+        let (ranges, quotas) = (ranges.clone(), quotas.clone());
+        move || {
+            let mut by_namespace: BTreeMap<String, ResourcePolicy> = BTreeMap::new();
+            for r in ranges.state() {
+                let spec = serde_json::to_value(&r.spec).ok();
+                by_namespace
+                    .entry(r.namespace().unwrap_or_default())
+                    .or_default()
+                    .limit_ranges
+                    .push(limits::LimitRange::from_spec(&r.name_any(), spec.as_ref()));
+            }
+            for q in quotas.state() {
+                let spec = serde_json::to_value(&q.spec).ok();
+                let status = serde_json::to_value(&q.status).ok();
+                by_namespace
+                    .entry(q.namespace().unwrap_or_default())
+                    .or_default()
+                    .quotas
+                    .push(limits::ResourceQuota::from_parts(
+                        &q.name_any(),
+                        spec.as_ref(),
+                        status.as_ref(),
+                    ));
+            }
+            policies.store(Arc::new(by_namespace));
+        }
+    };
+    let on_ranges = rebuild.clone();
+    let range_stream = watcher(
+        Api::<LimitRange>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|o: &mut LimitRange| o.managed_fields_mut().clear())
+    .reflect(ranges_writer)
+    .for_each(move |event| {
+        match event {
+            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                on_ranges()
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watch of LimitRanges failed; retrying"),
+        }
+        future::ready(())
+    });
+    let quota_stream = watcher(
+        Api::<ResourceQuota>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|o: &mut ResourceQuota| o.managed_fields_mut().clear())
+    .reflect(quotas_writer)
+    .for_each(move |event| {
+        match event {
+            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                rebuild()
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watch of ResourceQuotas failed; retrying"),
+        }
+        future::ready(())
+    });
+    tokio::spawn(range_stream);
+    tokio::spawn(quota_stream);
+    (ranges, quotas)
+}
+
+/// Argo Rollouts, a CRD that may or may not be installed: their metadata is watched
+/// when the API server serves them at start-up, else each lookup is one bounded GET
+/// (which finds them once Argo Rollouts is installed).
+mod rollouts {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, RwLock};
+
+    use futures::StreamExt as _;
+    use kube::Client;
+    use kube::api::{
+        Api, ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta, ResourceExt as _,
+    };
+    use kube::runtime::{WatchStreamExt as _, watcher};
+
+    use super::LOOKUP_TIMEOUT;
+
+    type Annotations = BTreeMap<String, String>;
+    /// (namespace, name) → annotations; `None` until the first list is in.
+    type Known = Arc<RwLock<Option<HashMap<(String, String), Annotations>>>>;
+
+    #[derive(Clone)]
+    pub struct Rollouts {
+        client: Client,
+        resource: ApiResource,
+        known: Known,
+        watched: Arc<tokio::sync::OnceCell<bool>>,
+    }
+
+    impl Rollouts {
+        pub fn start(client: Client) -> Self {
+            let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
+            let rollouts = Self {
+                resource: ApiResource::from_gvk_with_plural(&gvk, "rollouts"),
+                client,
+                known: Arc::new(RwLock::new(None)),
+                watched: Arc::new(tokio::sync::OnceCell::new()),
+            };
+            let this = rollouts.clone();
+            tokio::spawn(async move { this.run().await });
+            rollouts
+        }
+
+        async fn run(self) {
+            let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
+            let served = kube::discovery::pinned_kind(&self.client, &gvk)
+                .await
+                .is_ok();
+            if !served {
+                tracing::debug!(
+                    "Argo Rollouts are not served: Rollout owners are looked up on demand"
+                );
+                let _ = self.watched.set(false);
+                return;
+            }
+            let api: Api<PartialObjectMeta<DynamicObject>> =
+                Api::all_with(self.client.clone(), &self.resource);
+            let known = self.known.clone();
+            let watched = self.watched.clone();
+            let mut pending: HashMap<(String, String), Annotations> = HashMap::new();
+            let stream = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                let key = |o: &PartialObjectMeta<DynamicObject>| {
+                    (o.namespace().unwrap_or_default(), o.name_any())
+                };
+                match event {
+                    Ok(watcher::Event::Init) => pending.clear(),
+                    Ok(watcher::Event::InitApply(o)) => {
+                        pending.insert(key(&o), o.annotations().clone());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        *known.write().unwrap_or_else(|e| e.into_inner()) =
+                            Some(std::mem::take(&mut pending));
+                        let _ = watched.set(true);
+                    }
+                    Ok(watcher::Event::Apply(o)) => {
+                        if let Some(map) = known.write().unwrap_or_else(|e| e.into_inner()).as_mut()
+                        {
+                            map.insert(key(&o), o.annotations().clone());
+                        }
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        if let Some(map) = known.write().unwrap_or_else(|e| e.into_inner()).as_mut()
+                        {
+                            map.remove(&key(&o));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "watch of Argo Rollouts failed; retrying"),
+                }
+            }
+        }
+
+        /// Resolves once the watch has listed, or it is known not to run.
+        pub async fn wait_until_ready(&self) -> bool {
+            self.watched.get_or_init(std::future::pending).await;
+            true
+        }
+
+        /// The annotations of Rollout `name`; `None` when it does not exist.
+        pub async fn annotations(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> Result<Option<Annotations>, String> {
+            let key = (namespace.to_owned(), name.to_owned());
+            if let Some(map) = self
+                .known
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                && let Some(found) = map.get(&key)
+            {
+                return Ok(Some(found.clone()));
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), namespace, &self.resource);
+            match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_metadata_opt(name)).await {
+                Ok(Ok(found)) => Ok(found.map(|o| o.annotations().clone())),
+                // Not served: Argo Rollouts is not installed.
+                Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(None),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "no answer within {} ms",
+                    LOOKUP_TIMEOUT.as_millis()
+                )),
+            }
+        }
+    }
 }

@@ -1,16 +1,33 @@
-//! Kubernetes Events for Pods that asked for injection and were skipped, published off
-//! the admission path so that a slow API server never delays an answer.
+//! Kubernetes Events for Pods that asked for injection and were skipped or injected
+//! only in part, published off the admission path so that a slow API server never
+//! delays an answer. An admission warning reaches whoever created the Pod, which for
+//! most Pods is a controller; the Event is what a person sees (`kubectl describe`,
+//! `kubectl events`), on the Pod when it has a name, else on the workload a user wrote.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::Value;
 
-use crate::inject::Skip;
+use crate::inject::{Skip, Workload};
+
+/// One Event per object and reason in this window: a ReplicaSet of 100 Pods that all
+/// miss the same thing says so once.
+const EVENT_INTERVAL: Duration = Duration::from_secs(60);
+/// Bounds the memory of the rate limiter.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// (namespace, kind, name, reason) → when its last Event was published.
+type Recent = Arc<Mutex<HashMap<(String, String, String, String), Instant>>>;
 
 #[derive(Clone)]
 pub struct EventSink {
     recorder: Recorder,
+    recent: Recent,
 }
 
 impl EventSink {
@@ -21,19 +38,66 @@ impl EventSink {
         };
         Self {
             recorder: Recorder::new(client, reporter),
+            recent: Arc::default(),
         }
     }
 
-    /// Publishes, in the background, why `pod` was not injected. A Pod being created
-    /// often has no name yet (generateName), so the Event then goes to its owner.
-    pub fn skipped(&self, namespace: &str, pod: &Value, skip: &Skip) {
-        let Some(reference) = reference(namespace, pod) else {
+    /// Publishes, in the background, why `pod` was not injected.
+    pub fn skipped(&self, namespace: &str, pod: &Value, workload: Option<&Workload>, skip: &Skip) {
+        self.publish(
+            namespace,
+            pod,
+            workload,
+            "InjectionSkipped",
+            skip.reason.as_str(),
+            &skip.message,
+        );
+    }
+
+    /// Publishes what an injected Pod did not get (its admission warnings).
+    pub fn partial(
+        &self,
+        namespace: &str,
+        pod: &Value,
+        workload: Option<&Workload>,
+        warnings: &[String],
+    ) {
+        if warnings.is_empty() {
+            return;
+        }
+        let note = format!(
+            "the tracing sidecar was injected, but: {}",
+            warnings.join("; ")
+        );
+        self.publish(
+            namespace,
+            pod,
+            workload,
+            "InjectionPartial",
+            "partial",
+            &note,
+        );
+    }
+
+    fn publish(
+        &self,
+        namespace: &str,
+        pod: &Value,
+        workload: Option<&Workload>,
+        reason: &str,
+        key: &str,
+        note: &str,
+    ) {
+        let Some(reference) = reference(namespace, pod, workload) else {
             return;
         };
+        if !self.first_in_a_while(&reference, key) {
+            return;
+        }
         let event = Event {
             type_: EventType::Warning,
-            reason: "InjectionSkipped".into(),
-            note: Some(truncate(&skip.message, 1024)),
+            reason: reason.into(),
+            note: Some(truncate(note, 1024)),
             action: "Inject".into(),
             secondary: None,
         };
@@ -46,7 +110,43 @@ impl EventSink {
     }
 }
 
-fn reference(namespace: &str, pod: &Value) -> Option<ObjectReference> {
+impl EventSink {
+    fn first_in_a_while(&self, reference: &ObjectReference, key: &str) -> bool {
+        let id = (
+            reference.namespace.clone().unwrap_or_default(),
+            reference.kind.clone().unwrap_or_default(),
+            reference.name.clone().unwrap_or_default(),
+            key.to_owned(),
+        );
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= MAX_REMEMBERED {
+            recent.retain(|_, at| now.duration_since(*at) < EVENT_INTERVAL);
+        }
+        match recent.get(&id) {
+            Some(at) if now.duration_since(*at) < EVENT_INTERVAL => false,
+            _ => {
+                recent.insert(id, now);
+                true
+            }
+        }
+    }
+}
+
+/// The API group/version of the workload kinds tracehook follows owners to.
+fn api_version_of(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => "apps/v1",
+        "Job" | "CronJob" => "batch/v1",
+        "ReplicationController" => "v1",
+        "Rollout" => "argoproj.io/v1alpha1",
+        _ => return None,
+    })
+}
+
+/// The Pod when it has a name; else the workload a user wrote (a Deployment rather
+/// than its ReplicaSet); else the Pod's controller.
+fn reference(namespace: &str, pod: &Value, workload: Option<&Workload>) -> Option<ObjectReference> {
     let metadata = pod.get("metadata");
     let text = |v: Option<&Value>, key: &str| {
         v.and_then(|m| m.get(key))
@@ -61,6 +161,17 @@ fn reference(namespace: &str, pod: &Value) -> Option<ObjectReference> {
             namespace: Some(namespace.to_owned()),
             name: Some(name),
             uid: text(metadata, "uid"),
+            ..ObjectReference::default()
+        });
+    }
+    if let Some(w) = workload.filter(|w| !w.name.is_empty())
+        && let Some(api_version) = api_version_of(&w.kind)
+    {
+        return Some(ObjectReference {
+            api_version: Some(api_version.into()),
+            kind: Some(w.kind.clone()),
+            namespace: Some(namespace.to_owned()),
+            name: Some(w.name.clone()),
             ..ObjectReference::default()
         });
     }

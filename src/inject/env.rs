@@ -21,11 +21,35 @@ pub struct Plan<'a> {
 /// The variables one container gets.
 #[derive(Debug, Default, PartialEq)]
 pub struct ContainerEnv {
+    /// Appended to the container's `env`.
     pub add: Vec<Value>,
+    /// Inserted before the user's `OTEL_RESOURCE_ATTRIBUTES`, at this index of `env`,
+    /// so that the `$(VAR)` references merged into it expand.
+    pub insert: Option<(usize, Vec<Value>)>,
+    /// `env[index].value` replaced (the user's `OTEL_RESOURCE_ATTRIBUTES`, merged),
+    /// the index counted after `insert`.
+    pub replace: Option<(usize, Value)>,
+    /// The names of the variables added or merged into.
     pub names: Vec<String>,
+    /// Variables the user set that made tracehook leave something alone.
+    pub kept: Vec<String>,
     /// Set when an `envFrom` source may define variables tracehook would add.
     pub warning: Option<String>,
 }
+
+/// Variables that say where spans go: a user who set one has chosen, and no OTLP
+/// variable is added.
+const OTLP_DESTINATION: [&str; 3] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_TRACES_EXPORTER",
+];
+/// The wire protocol, most specific first. A protocol alone chooses how, not where:
+/// tracehook adds the endpoint on the matching port, and never a protocol beside it.
+const OTLP_PROTOCOL: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+];
 
 /// The service name: annotation, then the usual labels, then the owning workload,
 /// then the Pod's own name.
@@ -53,8 +77,8 @@ pub fn service_name<'a>(
 
 /// How one container's environment is already populated.
 struct Existing<'c> {
-    /// `env` entries by name.
-    direct: Vec<(&'c str, &'c Value)>,
+    /// `env` entries by name, with their index.
+    direct: Vec<(&'c str, usize, &'c Value)>,
     /// Prefixes and keys of `envFrom` sources whose keys are known.
     known: Vec<(&'c str, &'c [String])>,
     /// Prefixes of `envFrom` sources whose keys are unknown, with a description.
@@ -67,7 +91,8 @@ impl<'c> Existing<'c> {
             .and_then(Value::as_array)
             .map(|env| {
                 env.iter()
-                    .filter_map(|e| Some((field(e, "name")?.as_str()?, e)))
+                    .enumerate()
+                    .filter_map(|(i, e)| Some((field(e, "name")?.as_str()?, i, e)))
                     .collect()
             })
             .unwrap_or_default();
@@ -110,13 +135,21 @@ impl<'c> Existing<'c> {
     fn value(&self, name: &str) -> Option<Option<&'c str>> {
         self.direct
             .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, e)| field(e, "value").and_then(Value::as_str))
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, e)| field(e, "value").and_then(Value::as_str))
+    }
+
+    /// The index and entry of `name` in `env`, when set there.
+    fn direct_entry(&self, name: &str) -> Option<(usize, &'c Value)> {
+        self.direct
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, index, e)| (*index, *e))
     }
 
     /// Set directly or by a known envFrom key.
     fn is_set(&self, name: &str) -> bool {
-        self.direct.iter().any(|(n, _)| *n == name)
+        self.direct.iter().any(|(n, _, _)| *n == name)
             || self.known.iter().any(|(prefix, keys)| {
                 name.strip_prefix(prefix)
                     .is_some_and(|key| keys.iter().any(|k| k == key))
@@ -147,59 +180,62 @@ pub(crate) fn field<'v>(value: &'v Value, key: &str) -> Option<&'v Value> {
 /// The variables `container` gets under `plan`.
 pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys) -> ContainerEnv {
     let existing = Existing::read(container, env_from);
-    // The endpoint's port follows the protocol the user chose; when they chose none,
-    // tracehook sets gRPC so that endpoint and protocol agree whatever the SDK's default.
-    let protocol_set = existing.is_set("OTEL_EXPORTER_OTLP_PROTOCOL");
-    let http = existing
-        .value("OTEL_EXPORTER_OTLP_PROTOCOL")
-        .flatten()
-        .is_some_and(|p| p.starts_with("http"));
-    let port = if http { 4318 } else { 4317 };
-    let endpoint = match plan.flavor {
-        Flavor::OtelCollector => format!("http://localhost:{port}"),
-        Flavor::JaegerAgent => format!("http://{}:{port}", plan.instance.collector_host()),
-    };
-    let mut attributes = format!(
-        "k8s.namespace.name={},k8s.pod.name=$(POD_NAME)",
+    let mut out = ContainerEnv::default();
+    // Unknown offline: the namespace the Pod runs in, from the downward API.
+    let namespace = if plan.namespace.is_empty() {
+        "$(POD_NAMESPACE)"
+    } else {
         plan.namespace
-    );
-    if let Some(w) = plan
-        .workload
-        .filter(|w| !w.kind.is_empty() && !w.name.is_empty())
-    {
-        attributes.push_str(&format!(
-            ",k8s.{}.name={}",
-            w.kind.to_ascii_lowercase(),
-            w.name
-        ));
-    }
+    };
 
-    let mut wanted: Vec<(&str, Value)> = vec![
+    let mut wanted: Vec<(&str, Value)> = Vec::with_capacity(10);
+    if plan.namespace.is_empty() && !existing.is_set("POD_NAMESPACE") {
+        wanted.push(("POD_NAMESPACE", field_ref("metadata.namespace")));
+    }
+    wanted.extend([
         (
             "JAEGER_SERVICE_NAME",
-            format!("{}.{}", plan.service, plan.namespace).into(),
+            format!("{}.{namespace}", plan.service).into(),
         ),
         ("JAEGER_PROPAGATION", PROPAGATION.into()),
         ("OTEL_SERVICE_NAME", plan.service.into()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.into()),
-    ];
-    if !protocol_set {
-        wanted.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()));
-    }
-    // `$(POD_NAME)` expands only from a variable defined before it.
-    if !existing.is_set("OTEL_RESOURCE_ATTRIBUTES") && !existing.is_set("POD_NAME") {
-        wanted.push((
-            "POD_NAME",
-            json!({"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}),
-        ));
-    }
-    wanted.push(("OTEL_RESOURCE_ATTRIBUTES", attributes.into()));
+    ]);
+    wanted.extend(otlp(&existing, plan, &mut out.kept));
 
-    let mut out = ContainerEnv::default();
+    let attributes = resource_attributes(namespace, plan.workload);
+    let helpers = [
+        ("POD_NAME", "metadata.name"),
+        ("POD_UID", "metadata.uid"),
+        ("NODE_NAME", "spec.nodeName"),
+    ];
+    let missing_helpers = || {
+        helpers
+            .iter()
+            .filter(|(name, _)| !existing.is_set(name))
+            .map(|(name, path)| (*name, field_ref(path)))
+    };
+    match existing.direct_entry("OTEL_RESOURCE_ATTRIBUTES") {
+        None if existing.is_set("OTEL_RESOURCE_ATTRIBUTES") => {
+            out.kept.push("OTEL_RESOURCE_ATTRIBUTES".to_owned());
+        }
+        None => {
+            // `$(POD_NAME)` expands only from a variable defined before it.
+            wanted.extend(missing_helpers());
+            wanted.push(("OTEL_RESOURCE_ATTRIBUTES", attributes.join(",").into()));
+        }
+        Some((index, entry)) => {
+            out.kept.push("OTEL_RESOURCE_ATTRIBUTES".to_owned());
+            if let Some(user) = field(entry, "value").and_then(Value::as_str) {
+                merge_attributes(&mut out, index, user, &attributes, missing_helpers());
+            }
+        }
+    }
+
     let mut withheld = Vec::new();
     let mut withheld_by = None;
     for (name, value) in wanted {
         if existing.is_set(name) {
+            out.kept.push(name.to_owned());
             continue;
         }
         if let Some(what) = existing.maybe_set_by(name) {
@@ -207,12 +243,7 @@ pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys)
             withheld_by.get_or_insert(what);
             continue;
         }
-        let key = if value.is_string() {
-            "value"
-        } else {
-            "valueFrom"
-        };
-        out.add.push(super::sidecar::named(name, key, value));
+        out.add.push(entry(name, value));
         out.names.push(name.to_owned());
     }
     if let Some(what) = withheld_by {
@@ -223,5 +254,126 @@ pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys)
             if withheld.len() == 1 { "it" } else { "them" }
         ));
     }
+    out.kept.sort();
+    out.kept.dedup();
     out
+}
+
+/// The OTLP variables, unless the user chose where spans go.
+fn otlp(
+    existing: &Existing<'_>,
+    plan: &Plan<'_>,
+    kept: &mut Vec<String>,
+) -> Vec<(&'static str, Value)> {
+    let chosen: Vec<&str> = OTLP_DESTINATION
+        .into_iter()
+        .filter(|n| existing.is_set(n))
+        .collect();
+    if !chosen.is_empty() {
+        kept.extend(chosen.iter().map(|n| (*n).to_owned()));
+        return Vec::new();
+    }
+    let protocol = OTLP_PROTOCOL.into_iter().find(|n| existing.is_set(n));
+    let http = match protocol {
+        None => false,
+        Some(name) => {
+            kept.push(name.to_owned());
+            match existing.value(name) {
+                Some(Some(value)) => value.starts_with("http"),
+                // Set by valueFrom or envFrom: the protocol is not known here, so the
+                // port cannot be matched to it.
+                _ => return Vec::new(),
+            }
+        }
+    };
+    let port = if http { 4318 } else { 4317 };
+    let endpoint = match plan.flavor {
+        Flavor::OtelCollector => format!("http://localhost:{port}"),
+        Flavor::JaegerAgent => format!("http://{}:{port}", plan.instance.collector_host()),
+    };
+    let mut vars = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.into())];
+    // Without a protocol the SDK's default applies, which differs between SDKs: gRPC
+    // is set so that endpoint and protocol agree.
+    if protocol.is_none() {
+        vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()));
+    }
+    vars
+}
+
+/// tracehook's resource attributes (OpenTelemetry's Kubernetes semantic conventions),
+/// as `key=value`.
+fn resource_attributes(namespace: &str, workload: Option<&Workload>) -> Vec<String> {
+    let mut attributes = vec![
+        format!("k8s.namespace.name={namespace}"),
+        "k8s.pod.name=$(POD_NAME)".to_owned(),
+        "k8s.pod.uid=$(POD_UID)".to_owned(),
+        "k8s.node.name=$(NODE_NAME)".to_owned(),
+    ];
+    if let Some(w) = workload.filter(|w| !w.kind.is_empty() && !w.name.is_empty()) {
+        attributes.push(format!(
+            "k8s.{}.name={}",
+            w.kind.to_ascii_lowercase(),
+            w.name
+        ));
+    }
+    attributes
+}
+
+/// The user's `OTEL_RESOURCE_ATTRIBUTES` (at `index`, a literal value) keeps every
+/// attribute it sets; tracehook's others are added after them.
+fn merge_attributes<'h>(
+    out: &mut ContainerEnv,
+    index: usize,
+    user: &str,
+    ours: &[String],
+    helpers: impl Iterator<Item = (&'h str, Value)>,
+) {
+    let user_keys: Vec<&str> = user
+        .split(',')
+        .filter_map(|pair| Some(pair.split_once('=')?.0.trim()))
+        .collect();
+    let missing: Vec<&String> = ours
+        .iter()
+        .filter(|a| {
+            let key = a.split_once('=').map_or(a.as_str(), |(k, _)| k);
+            !user_keys.contains(&key)
+        })
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let needed: Vec<(&str, Value)> = helpers
+        .filter(|(name, _)| missing.iter().any(|a| a.contains(&format!("$({name})"))))
+        .collect();
+    let mut merged = user.trim_end_matches(',').to_owned();
+    for attribute in missing {
+        if !merged.is_empty() {
+            merged.push(',');
+        }
+        merged.push_str(attribute);
+    }
+    if !needed.is_empty() {
+        out.names
+            .extend(needed.iter().map(|(n, _)| (*n).to_owned()));
+        let values: Vec<Value> = needed.into_iter().map(|(n, v)| entry(n, v)).collect();
+        out.replace = Some((index + values.len(), merged.into()));
+        out.insert = Some((index, values));
+    } else {
+        out.replace = Some((index, merged.into()));
+    }
+    out.names.push("OTEL_RESOURCE_ATTRIBUTES".to_owned());
+}
+
+fn field_ref(path: &str) -> Value {
+    json!({"fieldRef": {"apiVersion": "v1", "fieldPath": path}})
+}
+
+/// An env entry: `value` for a string, `valueFrom` otherwise.
+fn entry(name: &str, value: Value) -> Value {
+    let key = if value.is_string() {
+        "value"
+    } else {
+        "valueFrom"
+    };
+    super::sidecar::named(name, key, value)
 }

@@ -21,6 +21,10 @@ pub const INJECTED_LABEL: &str = "tracehook.dev/injected";
 /// Pods carrying `managed-by=tracehook` belong to the tracing backend itself.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tracehook";
+/// Pods labelled `app.kubernetes.io/name=jaeger-operator` are never injected, as the
+/// Jaeger operator does.
+pub const APP_NAME: &str = "app.kubernetes.io/name";
+pub const JAEGER_OPERATOR_APP: &str = "jaeger-operator";
 
 /// Namespaces that are never injected, besides tracehook's own.
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];

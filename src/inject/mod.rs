@@ -7,11 +7,13 @@
 //! - [`instance`]: which Jaeger instance a request names
 //! - [`sidecar`]: the sidecar container of each flavor
 //! - [`env`]: the variables app containers get, and the service name
+//! - [`limits`]: the sidecar's resources fitted into LimitRanges and ResourceQuotas
 //! - [`patch`]: how the JSON Patch is built from the raw Pod
 
 pub mod env;
 pub mod instance;
 pub mod keys;
+pub mod limits;
 pub mod patch;
 pub mod quantity;
 pub mod request;
@@ -70,12 +72,16 @@ impl fmt::Display for Flavor {
     }
 }
 
-/// Labels and annotations of the Pod's namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Labels, annotations and resource policy of the Pod's namespace. An empty `name`
+/// means the namespace is not known (`tracehook inject` on a document that names
+/// none): what depends on it then comes from the downward API at run time.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NamespaceMeta {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// The namespace's LimitRanges and ResourceQuotas.
+    pub policy: limits::ResourcePolicy,
 }
 
 impl NamespaceMeta {
@@ -206,6 +212,9 @@ pub enum SkipReason {
     InvalidAnnotation,
     WindowsPod,
     InvalidPod,
+    LimitRange,
+    ResourceQuota,
+    JaegerOperatorPod,
 }
 
 impl SkipReason {
@@ -223,6 +232,9 @@ impl SkipReason {
             SkipReason::InvalidAnnotation => "invalid_annotation",
             SkipReason::WindowsPod => "windows_pod",
             SkipReason::InvalidPod => "invalid_pod",
+            SkipReason::LimitRange => "limit_range",
+            SkipReason::ResourceQuota => "resource_quota",
+            SkipReason::JaegerOperatorPod => "jaeger_operator_pod",
         }
     }
 }
@@ -251,6 +263,8 @@ pub struct Injection {
     pub flavor: Flavor,
     /// Things the user should know although the Pod was injected.
     pub warnings: Vec<String>,
+    /// `container: VARIABLE` for what the user set and tracehook left alone.
+    pub kept: Vec<String>,
 }
 
 /// What the engine decided for one Pod.

@@ -3,7 +3,7 @@
 //! not know are never touched. Pointers are built from tokens, which escapes `~` and
 //! `/` in keys such as `tracehook.dev/status`.
 
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
 use serde_json::{Map, Value};
 
@@ -15,6 +15,14 @@ pub struct PatchBuilder {
 impl PatchBuilder {
     pub fn add(&mut self, tokens: &[&str], value: Value) {
         self.ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(tokens.iter().copied()),
+            value,
+        }));
+    }
+
+    /// Replaces the value at `tokens`, which exists.
+    pub fn replace(&mut self, tokens: &[&str], value: Value) {
+        self.ops.push(PatchOperation::Replace(ReplaceOperation {
             path: PointerBuf::from_tokens(tokens.iter().copied()),
             value,
         }));

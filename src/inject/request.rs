@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 use super::instance::{self, Target};
 use super::patch::PatchBuilder;
 use super::{
-    Decision, Flavor, Injection, Input, Resources, Skip, SkipReason, Workload, env, keys, quantity,
-    sidecar,
+    Decision, Flavor, Injection, Input, Resources, Skip, SkipReason, Workload, env, keys, limits,
+    quantity, sidecar,
 };
 
 /// Decides what to do with one Pod and builds the patch. Pure: no I/O, no clock.
@@ -49,8 +49,19 @@ pub fn decide(input: &Input<'_>) -> Decision {
     {
         return Decision::Ignored(SkipReason::BackendPod);
     }
+    // The Jaeger operator never injects its own Pods; neither does tracehook.
+    if labels
+        .and_then(|l| l.get(keys::APP_NAME))
+        .and_then(Value::as_str)
+        == Some(keys::JAEGER_OPERATOR_APP)
+    {
+        return Decision::Ignored(SkipReason::JaegerOperatorPod);
+    }
     let namespace = input.namespace.name.as_str();
-    if keys::SYSTEM_NAMESPACES.contains(&namespace) || namespace == input.settings.own_namespace {
+    if !namespace.is_empty()
+        && (keys::SYSTEM_NAMESPACES.contains(&namespace)
+            || namespace == input.settings.own_namespace)
+    {
         return skipped(
             SkipReason::ExcludedNamespace,
             format!("namespace {namespace} is never injected"),
@@ -129,18 +140,28 @@ pub fn decide(input: &Input<'_>) -> Decision {
         Some(v) => return invalid_annotation(keys::SIDECAR_IMAGE, v, "an image reference"),
         None => instance_sidecar.image.as_deref().unwrap_or(default_image),
     };
+    if let Some(clash) = port_clash(flavor, containers.iter().chain(&init_containers)) {
+        return skipped(SkipReason::PortClash, clash);
+    }
+    // What runs beside the sidecar: the app containers and the sidecars already there.
+    let running: Vec<&Value> =
+        containers
+            .iter()
+            .copied()
+            .chain(init_containers.iter().copied().filter(|c| {
+                env::field(c, "restartPolicy").and_then(Value::as_str) == Some("Always")
+            }))
+            .collect();
     let resources = match sidecar_resources(
         &input.settings.default_resources,
         &instance_sidecar.resources,
         &pod_annotation,
-    ) {
+    )
+    .and_then(|r| limits::fit(r, &input.namespace.policy, spec, &running))
+    {
         Ok(r) => r,
         Err(skip) => return Decision::Skipped(skip),
     };
-
-    if let Some(clash) = port_clash(flavor, containers.iter().chain(&init_containers)) {
-        return skipped(SkipReason::PortClash, clash);
-    }
 
     let first_name = containers[0]
         .get("name")
@@ -166,35 +187,70 @@ pub fn decide(input: &Input<'_>) -> Decision {
     }
     agent_tags.insert("host.ip", "${HOST_IP:}".to_owned());
     agent_tags.insert("pod.name", "${POD_NAME:}".to_owned());
-    agent_tags.insert("pod.namespace", namespace.to_owned());
+    agent_tags.insert(
+        "pod.namespace",
+        if namespace.is_empty() {
+            "${POD_NAMESPACE:}".to_owned()
+        } else {
+            namespace.to_owned()
+        },
+    );
+    let taken_port_names: Vec<&str> = containers
+        .iter()
+        .chain(&init_containers)
+        .filter_map(|c| env::field(c, "ports")?.as_array())
+        .flatten()
+        .filter_map(|p| env::field(p, "name")?.as_str())
+        .collect();
     let container = sidecar::container(&sidecar::Plan {
         flavor,
         image,
-        resources,
+        resources: &resources,
         native,
         instance: &instance,
         agent_tags,
         agent_options: &instance_sidecar.agent_options,
+        taken_port_names: &taken_port_names,
     });
 
     let mut patch = PatchBuilder::default();
     let mut warnings = Vec::new();
     let mut env_added = Map::new();
+    let mut env_kept = Map::new();
+    let mut kept = Vec::new();
     for (index, c) in containers.iter().enumerate() {
         let added = env::for_container(c, &env_plan, input.env_from);
         let index = index.to_string();
+        if let Some((at, values)) = added.insert {
+            for (offset, value) in values.into_iter().enumerate() {
+                let position = (at + offset).to_string();
+                patch.add(&["spec", "containers", &index, "env", &position], value);
+            }
+        }
+        if let Some((at, value)) = added.replace {
+            let position = at.to_string();
+            patch.replace(
+                &["spec", "containers", &index, "env", &position, "value"],
+                value,
+            );
+        }
         patch.append(
             env::field(c, "env"),
             &["spec", "containers", &index, "env"],
             added.add,
         );
         warnings.extend(added.warning);
+        let name = env::field(c, "name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !added.names.is_empty() {
-            let name = env::field(c, "name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
             let names = added.names.into_iter().map(Value::String).collect();
             env_added.insert(name.to_owned(), names);
+        }
+        if !added.kept.is_empty() {
+            kept.extend(added.kept.iter().map(|v| format!("{name}: {v}")));
+            let list = added.kept.into_iter().map(Value::String).collect();
+            env_kept.insert(name.to_owned(), list);
         }
     }
     let (list, current) = if native {
@@ -210,6 +266,10 @@ pub fn decide(input: &Input<'_>) -> Decision {
     status.insert("containers".to_owned(), json!([flavor.container_name()]));
     status.insert("native".to_owned(), native.into());
     status.insert("env".to_owned(), Value::Object(env_added));
+    if !env_kept.is_empty() {
+        // The user's own settings tracehook left alone (where spans go, resources).
+        status.insert("kept".to_owned(), Value::Object(env_kept));
+    }
     status.insert("version".to_owned(), crate::VERSION.into());
     let status = serde_json::to_string(&status).expect("a map of strings always serializes");
     let label = marker_label(&instance.namespace, &instance.name);
@@ -242,6 +302,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
         instance,
         flavor,
         warnings,
+        kept,
     })
 }
 
@@ -371,7 +432,7 @@ fn sidecar_resources<'a>(
     defaults: &Resources,
     instance: &Resources,
     pod_annotation: &dyn Fn(&str) -> Option<&'a str>,
-) -> Result<Resources, Skip> {
+) -> Result<limits::SidecarResources, Skip> {
     let from_pod = |key| pod_annotation(key).map(str::to_owned);
     let pod = Resources {
         cpu_request: from_pod(keys::SIDECAR_CPU_REQUEST),
@@ -434,7 +495,34 @@ fn sidecar_resources<'a>(
             }
         }
     }
-    Ok(out)
+    let pair =
+        |request: &Option<String>, limit: &Option<String>, user_request, user_limit| limits::Pair {
+            request: request.as_deref().and_then(limits::Amount::parse),
+            limit: limit.as_deref().and_then(limits::Amount::parse),
+            user_request,
+            user_limit,
+        };
+    Ok([
+        (
+            "cpu".to_owned(),
+            pair(
+                &out.cpu_request,
+                &out.cpu_limit,
+                chosen.cpu_request.is_some(),
+                chosen.cpu_limit.is_some(),
+            ),
+        ),
+        (
+            "memory".to_owned(),
+            pair(
+                &out.memory_request,
+                &out.memory_limit,
+                chosen.memory_request.is_some(),
+                chosen.memory_limit.is_some(),
+            ),
+        ),
+    ]
+    .into())
 }
 
 /// A port of the sidecar that a container of the Pod declares too.
@@ -546,8 +634,13 @@ mod tests {
         let defaults = crate::inject::Settings::default().default_resources;
         let pod = |key: &str| (key == keys::SIDECAR_MEMORY_LIMIT).then_some("16Mi");
         let r = sidecar_resources(&defaults, &Resources::default(), &pod).expect("valid");
-        assert_eq!(r.memory_request.as_deref(), Some("16Mi"));
-        assert_eq!(r.memory_limit.as_deref(), Some("16Mi"));
+        let memory = &r["memory"];
+        assert_eq!(
+            memory.request.as_ref().map(|a| a.text.as_str()),
+            Some("16Mi")
+        );
+        assert_eq!(memory.limit.as_ref().map(|a| a.text.as_str()), Some("16Mi"));
+        assert!(memory.user_limit && !memory.user_request);
 
         let both = |key: &str| match key {
             keys::SIDECAR_MEMORY_LIMIT => Some("16Mi"),

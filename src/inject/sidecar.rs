@@ -7,7 +7,8 @@ use std::sync::LazyLock;
 
 use serde_json::{Map, Value, json};
 
-use super::{Flavor, InstanceRef, Resources};
+use super::limits::SidecarResources;
+use super::{Flavor, InstanceRef};
 
 pub const JAEGER_AGENT_CONTAINER: &str = "jaeger-agent";
 pub const OTEL_COLLECTOR_CONTAINER: &str = "otc-container";
@@ -83,12 +84,16 @@ fn health_port(flavor: Flavor) -> &'static str {
 pub struct Plan<'a> {
     pub flavor: Flavor,
     pub image: &'a str,
-    pub resources: Resources,
+    pub resources: &'a SidecarResources,
     pub native: bool,
     pub instance: &'a InstanceRef,
     /// `--agent.tags` for the Jaeger agent, by key.
     pub agent_tags: BTreeMap<&'static str, String>,
     pub agent_options: &'a BTreeMap<String, String>,
+    /// Port names the Pod's containers use already: the sidecar's ports of the same
+    /// name go unnamed (a repeated name makes Services and probes that select ports by
+    /// name pick one of them).
+    pub taken_port_names: &'a [&'a str],
 }
 
 /// The container to add (to `initContainers` when native, else to `containers`).
@@ -97,6 +102,9 @@ pub fn container(plan: &Plan<'_>) -> Value {
         field_env("POD_NAME", "metadata.name"),
         field_env("HOST_IP", "status.hostIP"),
     ];
+    if plan.agent_tags.get("pod.namespace").map(String::as_str) == Some("${POD_NAMESPACE:}") {
+        env.push(field_env("POD_NAMESPACE", "metadata.namespace"));
+    }
     let args = match plan.flavor {
         Flavor::JaegerAgent => jaeger_agent_args(plan),
         Flavor::OtelCollector => {
@@ -114,13 +122,49 @@ pub fn container(plan: &Plan<'_>) -> Value {
         ("image", plan.image.into()),
         ("args", args.into_iter().map(Value::String).collect()),
         ("env", Value::Array(env)),
-        ("resources", resources(&plan.resources)),
+        ("resources", resources(plan.resources)),
     ];
     for (key, value) in parts {
         // Replaces the template's placeholder, keeping its place in the order.
         container.insert(key.to_owned(), value);
     }
+    if ports(plan.flavor)
+        .iter()
+        .any(|p| plan.taken_port_names.contains(&p.name))
+    {
+        unname_ports(&mut container, plan);
+    }
     Value::Object(container)
+}
+
+/// Drops the names the Pod uses already from the sidecar's ports; a probe that named
+/// such a port uses its number.
+fn unname_ports(container: &mut Map<String, Value>, plan: &Plan<'_>) {
+    let taken = |name: &str| plan.taken_port_names.contains(&name);
+    if let Some(Value::Array(list)) = container.get_mut("ports") {
+        for port in list.iter_mut().filter_map(Value::as_object_mut) {
+            if port.get("name").and_then(Value::as_str).is_some_and(taken) {
+                port.remove("name");
+            }
+        }
+    }
+    let health = health_port(plan.flavor);
+    if !taken(health) {
+        return;
+    }
+    let number = ports(plan.flavor)
+        .iter()
+        .find(|p| p.name == health)
+        .map_or(0, |p| p.port);
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(get) = container
+            .get_mut(probe)
+            .and_then(|p| p.get_mut("httpGet"))
+            .and_then(Value::as_object_mut)
+        {
+            get.insert("port".to_owned(), number.into());
+        }
+    }
 }
 
 /// The sidecar with `null` where the Pod's own parts go, built once per flavor and
@@ -258,23 +302,21 @@ pub(crate) fn named(name: &str, key: &str, value: Value) -> Value {
     Value::Object(entry)
 }
 
-fn resources(r: &Resources) -> Value {
-    let pair = |cpu: &Option<String>, memory: &Option<String>| {
-        let mut m = serde_json::Map::new();
-        if let Some(cpu) = cpu {
-            m.insert("cpu".into(), cpu.clone().into());
-        }
-        if let Some(memory) = memory {
-            m.insert("memory".into(), memory.clone().into());
-        }
-        m
+fn resources(r: &SidecarResources) -> Value {
+    let list = |limit: bool| -> Map<String, Value> {
+        r.iter()
+            .filter_map(|(name, pair)| {
+                let amount = if limit { &pair.limit } else { &pair.request };
+                Some((name.clone(), amount.as_ref()?.text.clone().into()))
+            })
+            .collect()
     };
-    let mut out = serde_json::Map::new();
-    let requests = pair(&r.cpu_request, &r.memory_request);
+    let mut out = Map::new();
+    let requests = list(false);
     if !requests.is_empty() {
         out.insert("requests".into(), requests.into());
     }
-    let limits = pair(&r.cpu_limit, &r.memory_limit);
+    let limits = list(true);
     if !limits.is_empty() {
         out.insert("limits".into(), limits.into());
     }

@@ -531,6 +531,14 @@ const NEEDED: &[&str] = &[
     "list cronjobs.batch -A",
     "watch cronjobs.batch -A",
     "get cronjobs.batch -n shop",
+    "list rollouts.argoproj.io -A",
+    "watch rollouts.argoproj.io -A",
+    "get rollouts.argoproj.io -n shop",
+    // The sidecar fitted into LimitRanges and ResourceQuotas.
+    "list limitranges -A",
+    "watch limitranges -A",
+    "list resourcequotas -A",
+    "watch resourcequotas -A",
     // envFrom ConfigMaps' keys.
     "get configmaps -n shop",
     // InjectionSkipped Events (and the reconciler's).
