@@ -507,7 +507,8 @@ mod rollouts {
         client: Client,
         resource: ApiResource,
         known: Known,
-        watched: Arc<tokio::sync::OnceCell<bool>>,
+        /// Turns true once the watch has listed, or is known not to run.
+        ready: tokio::sync::watch::Sender<bool>,
     }
 
     impl Rollouts {
@@ -517,7 +518,7 @@ mod rollouts {
                 resource: ApiResource::from_gvk_with_plural(&gvk, "rollouts"),
                 client,
                 known: Arc::new(RwLock::new(None)),
-                watched: Arc::new(tokio::sync::OnceCell::new()),
+                ready: tokio::sync::watch::Sender::new(false),
             };
             let this = rollouts.clone();
             tokio::spawn(async move { this.run().await });
@@ -533,13 +534,13 @@ mod rollouts {
                 tracing::debug!(
                     "Argo Rollouts are not served: Rollout owners are looked up on demand"
                 );
-                let _ = self.watched.set(false);
+                self.ready.send_replace(true);
                 return;
             }
             let api: Api<PartialObjectMeta<DynamicObject>> =
                 Api::all_with(self.client.clone(), &self.resource);
             let known = self.known.clone();
-            let watched = self.watched.clone();
+            let ready = self.ready.clone();
             let mut pending: HashMap<(String, String), Annotations> = HashMap::new();
             let stream = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
             futures::pin_mut!(stream);
@@ -555,7 +556,7 @@ mod rollouts {
                     Ok(watcher::Event::InitDone) => {
                         *known.write().unwrap_or_else(|e| e.into_inner()) =
                             Some(std::mem::take(&mut pending));
-                        let _ = watched.set(true);
+                        ready.send_replace(true);
                     }
                     Ok(watcher::Event::Apply(o)) => {
                         if let Some(map) = known.write().unwrap_or_else(|e| e.into_inner()).as_mut()
@@ -576,8 +577,11 @@ mod rollouts {
 
         /// Resolves once the watch has listed, or it is known not to run.
         pub async fn wait_until_ready(&self) -> bool {
-            self.watched.get_or_init(std::future::pending).await;
-            true
+            self.ready
+                .subscribe()
+                .wait_for(|ready| *ready)
+                .await
+                .is_ok()
         }
 
         /// The annotations of Rollout `name`; `None` when it does not exist.

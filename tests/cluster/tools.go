@@ -1,6 +1,7 @@
 //go:build tools
 
-// Package tools pins the control-plane commands tests/cluster/build.sh compiles, so
+// Package tools pins the control-plane commands tests/cluster/build.sh compiles (and the
+// node's kubelet and kube-proxy, which tests/node/build.sh compiles from this module), so
 // `go mod tidy` records their whole dependency graph in go.sum.
 package tools
 
@@ -9,5 +10,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

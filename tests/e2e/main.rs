@@ -8,6 +8,7 @@
 mod certificates;
 mod faults;
 mod install;
+mod real_world;
 mod reconciler;
 mod security;
 mod support;
