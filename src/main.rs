@@ -47,6 +47,12 @@ enum NativeSidecars {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum InjectionScope {
+    LabeledNamespaces,
+    AllNamespaces,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum FlavorArg {
     JaegerAgent,
     OtelCollector,
@@ -119,9 +125,21 @@ struct ServeArgs {
     /// Self-signed mode: renew when less than this is left.
     #[arg(long, default_value = "120d", value_parser = parse_duration)]
     cert_renew_before: Duration,
-    /// Native sidecars: auto = when the API server is at least 1.29.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Native sidecars: auto = when the API server is at least 1.29; false = plain
+    /// sidecars in `containers` for every Pod (the migration setting for checks that
+    /// expect `jaeger-agent` in `containers`, as the Jaeger operator put it).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "TRACEHOOK_NATIVE_SIDECARS"
+    )]
     native_sidecars: NativeSidecars,
+    /// Which namespaces the webhook registration sends (the chart's
+    /// webhook.injectionScope): with labeled-namespaces, workloads annotated for
+    /// injection in other namespaces get an InjectionNotEnabled Event.
+    #[arg(long, value_enum, default_value = "labeled-namespaces")]
+    injection_scope: InjectionScope,
     /// Serve without a cluster: no caches, Events or reconciler (namespaces are taken
     /// to have no labels; for local experiments).
     #[arg(long)]
@@ -327,19 +345,31 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(version = %version.git_version, native_sidecars = native, "connected to the API server");
         let events = EventSink::new(c.clone(), std::env::var("POD_NAME").ok());
         client = Some(c.clone());
+        let caches = Arc::new(Caches::start(c.clone()));
         if !args.no_reconciler {
             let identity = tracehook::reconciler::identity();
+            // In the default mode the API server never sends the Pods of namespaces
+            // that are not labelled: workloads annotated there are reported instead.
+            let report =
+                matches!(args.injection_scope, InjectionScope::LabeledNamespaces).then(|| {
+                    let (caches, events, namespace) =
+                        (caches.clone(), events.clone(), args.namespace.clone());
+                    Arc::new(move || {
+                        Box::pin(tracehook::cluster::unseen::report(
+                            caches.clone(),
+                            events.clone(),
+                            namespace.clone(),
+                        )) as futures::future::BoxFuture<'static, ()>
+                    }) as tracehook::reconciler::LeaderTask
+                });
             tokio::spawn(tracehook::reconciler::run(
                 c.clone(),
                 args.namespace.clone(),
                 identity,
+                report,
             ));
         }
-        (
-            Lookup::Live(Arc::new(Caches::start(c))),
-            Some(events),
-            native,
-        )
+        (Lookup::Live(caches), Some(events), native)
     };
     let mut ctx = Context::new(settings(&args.sidecar, native, &args.namespace), lookup);
     ctx.events = events;

@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::Snapshot;
 use crate::crd::Jaeger;
 use crate::inject::limits::{self, ResourcePolicy};
-use crate::inject::{EnvFromKeys, Instance, NamespaceMeta, Workload};
+use crate::inject::{EnvFromKeys, Instance, NamespaceMeta, Workload, keys};
 
 /// How long one cache-miss GET may take: well inside the webhook's 5 s timeout.
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -179,6 +179,31 @@ impl Caches {
         })
     }
 
+    /// Workloads whose annotation asks for injection (not `false`) in a namespace that
+    /// is neither labelled `enabled` nor says no itself: with the default
+    /// `labeled-namespaces` registration, the API server never sends their Pods.
+    pub fn unseen_requests(&self, own_namespace: &str) -> Vec<UnseenRequest> {
+        let not_enabled = |namespace: &str| {
+            if keys::SYSTEM_NAMESPACES.contains(&namespace) || namespace == own_namespace {
+                return false;
+            }
+            let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) else {
+                return false;
+            };
+            let label = ns.labels().get(keys::INJECTION_LABEL).map(String::as_str);
+            let annotation = [keys::INJECT, keys::JAEGER_OPERATOR_INJECT]
+                .iter()
+                .find_map(|k| ns.annotations().get(*k));
+            label.is_none() && annotation.is_none_or(|a| !a.trim().eq_ignore_ascii_case("false"))
+        };
+        let mut found = Vec::new();
+        collect_unseen(&self.deployments, "apps/v1", &not_enabled, &mut found);
+        collect_unseen(&self.stateful_sets, "apps/v1", &not_enabled, &mut found);
+        collect_unseen(&self.daemon_sets, "apps/v1", &not_enabled, &mut found);
+        collect_unseen(&self.cron_jobs, "batch/v1", &not_enabled, &mut found);
+        found
+    }
+
     fn policy(&self, namespace: &str) -> ResourcePolicy {
         self.policies
             .load()
@@ -289,6 +314,46 @@ impl Caches {
             }
         }
         EnvFromKeys { config_maps }
+    }
+}
+
+/// A workload asking for injection where the webhook is not called.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnseenRequest {
+    pub namespace: String,
+    pub api_version: &'static str,
+    pub kind: String,
+    pub name: String,
+    pub uid: Option<String>,
+    /// The annotation that asks, and its value.
+    pub key: &'static str,
+    pub value: String,
+}
+
+fn collect_unseen<K: Workloadish>(
+    store: &MetaStore<K>,
+    api_version: &'static str,
+    not_enabled: &dyn Fn(&str) -> bool,
+    found: &mut Vec<UnseenRequest>,
+) {
+    for object in store.state() {
+        let namespace = object.namespace().unwrap_or_default();
+        let asking = [keys::INJECT, keys::JAEGER_OPERATOR_INJECT]
+            .into_iter()
+            .find_map(|k| Some((k, object.annotations().get(k)?)));
+        let Some((key, value)) = asking else { continue };
+        if value.trim().eq_ignore_ascii_case("false") || !not_enabled(&namespace) {
+            continue;
+        }
+        found.push(UnseenRequest {
+            namespace,
+            api_version,
+            kind: K::kind(&()).into_owned(),
+            name: object.name_any(),
+            uid: object.uid(),
+            key,
+            value: value.clone(),
+        });
     }
 }
 

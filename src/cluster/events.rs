@@ -79,6 +79,23 @@ impl EventSink {
         );
     }
 
+    /// A Warning Event on a workload (not rate-limited: callers publish once).
+    pub fn on_workload(&self, reference: ObjectReference, reason: &str, note: &str) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(truncate(note, 1024)),
+            action: "Inject".into(),
+            secondary: None,
+        };
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "could not publish an Event");
+            }
+        });
+    }
+
     fn publish(
         &self,
         namespace: &str,

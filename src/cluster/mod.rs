@@ -5,6 +5,7 @@
 pub mod caches;
 pub mod certificates;
 pub mod events;
+pub mod unseen;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -86,9 +86,13 @@ pub fn identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// Work that only the elected leader does beside reconciling (started anew on each
+/// leadership, cancelled when it is lost).
+pub type LeaderTask = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Campaigns for the Lease `tracehook-reconciler` in `namespace` and runs the
-/// controller while this replica holds it. Never returns.
-pub async fn run(client: Client, namespace: String, identity: String) {
+/// controller, and `also`, while this replica holds it. Never returns.
+pub async fn run(client: Client, namespace: String, identity: String, also: Option<LeaderTask>) {
     let config = leader::LeaseConfig::new(LEASE_NAME, namespace, identity.clone());
     let mut leading = leader::elect(client.clone(), config);
     loop {
@@ -106,7 +110,14 @@ pub async fn run(client: Client, namespace: String, identity: String) {
                 }
             }
         };
+        let also = async {
+            match &also {
+                Some(task) => task().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = also => tracing::error!("a leader task stopped"),
             () = controller(client.clone(), ctx) => {
                 tracing::error!("the controller stopped; restarting it");
                 tokio::time::sleep(Duration::from_secs(1)).await;

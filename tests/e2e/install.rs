@@ -71,6 +71,8 @@ async fn helm_chart_lints_renders_and_passes_the_api_servers_validation() {
             "webhook.injectionScope=all-namespaces",
             "--set",
             "webhook.failurePolicy=Fail",
+            "--set",
+            "sidecar.nativeSidecars=false",
         ],
         &[
             "--set",

@@ -394,3 +394,40 @@ async fn argo_rollout_annotations_are_honoured() {
         "the workload is the Rollout: {attributes}"
     );
 }
+
+#[tokio::test]
+async fn a_workload_annotated_in_a_namespace_that_is_not_labelled_is_reported() {
+    let client = client().await;
+    let ns = "e2e-unseen";
+    // No label: with the default registration the API server never calls the webhook
+    // for these Pods, so the Jaeger operator's annotation would do nothing in silence.
+    namespace(&client, ns, json!({}), json!({})).await;
+    let mut deployment = bookinfo_like("reviews", 1);
+    deployment.metadata.annotations = Some(
+        [(
+            "sidecar.jaegertracing.io/inject".to_owned(),
+            "true".to_owned(),
+        )]
+        .into(),
+    );
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("deployment");
+    let events = skip_events(&client, ns, "InjectionNotEnabled").await;
+    let event = &events[0];
+    let regarding = event.regarding.as_ref().expect("regarding");
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("Deployment"), Some("reviews"))
+    );
+    let note = event.note.clone().unwrap_or_default();
+    assert!(
+        note.contains(&format!(
+            "kubectl label namespace {ns} tracehook.dev/injection=enabled"
+        )),
+        "the one-line fix: {note}"
+    );
+    let pods = wait_for_pods(&client, ns, "app=reviews", 1).await;
+    assert!(!is_injected(&pods[0]), "the Pod never reached the webhook");
+}

@@ -1023,6 +1023,9 @@ impl Replica {
             .arg(certs.join("tls.key"))
             .arg("--namespace")
             .arg(lease_namespace)
+            // These replicas lead a Lease of their own: only the shared process reports
+            // workloads in namespaces that are not labelled (real_world.rs counts them).
+            .arg("--injection-scope=all-namespaces")
             .env("KUBECONFIG", cluster.kubeconfig_path())
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info,tracehook=debug");

@@ -37,6 +37,9 @@ annotations:
 {{- if not (has .Values.webhook.injectionScope (list "labeled-namespaces" "all-namespaces")) }}
 {{- fail "webhook.injectionScope must be labeled-namespaces or all-namespaces" }}
 {{- end }}
+{{- if not (has (toString .Values.sidecar.nativeSidecars) (list "auto" "true" "false")) }}
+{{- fail "sidecar.nativeSidecars must be auto, true or false" }}
+{{- end }}
 {{- if not (has .Values.webhook.failurePolicy (list "Ignore" "Fail")) }}
 {{- fail "webhook.failurePolicy must be Ignore or Fail" }}
 {{- end }}
