@@ -1,4 +1,7 @@
-//! AdmissionReview v1 in, AdmissionReview v1 out, with no HTTP in sight.
+//! AdmissionReview v1 in, AdmissionReview v1 out, with no HTTP in sight: [`review`]
+//! is the one step from a request and what the caches know to the answer, the labels
+//! of its metric and the Event to publish. The server, the fixtures, the fuzzer and the
+//! benchmarks all call it.
 //!
 //! The request keeps the Pod as raw JSON (the engine patches what is there, fields the
 //! Rust types do not know included), and the response is our own type: kube-core 5's
@@ -11,7 +14,8 @@ use kube::core::{GroupVersionKind, GroupVersionResource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::inject::{Decision, Skip, SkipReason};
+use crate::cluster::Snapshot;
+use crate::inject::{self, Decision, Settings, Skip, SkipReason, Workload};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -102,6 +106,124 @@ impl AdmissionRequest {
 
     pub fn is_dry_run(&self) -> bool {
         self.dry_run.unwrap_or(false)
+    }
+
+    /// The Pod and the namespace it is created in: the request's namespace, else the
+    /// Pod's own, else `default` (where the API server puts a Pod that names none).
+    /// `Err` for a request that is not a Pod creation.
+    pub fn subject(&self) -> Result<(&str, &Value), Skip> {
+        let pod = self.is_pod_create()?;
+        let namespace = self
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
+            .unwrap_or("default");
+        Ok((namespace, pod))
+    }
+}
+
+/// What a person should hear of, as an Event: an admission warning reaches whoever
+/// created the Pod, which is usually a controller.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    Skipped(Skip),
+    /// Injected, but these warnings apply.
+    Partial(Vec<String>),
+}
+
+/// An Event to publish about a Pod being created.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRequest {
+    pub namespace: String,
+    pub pod: Value,
+    pub workload: Option<Workload>,
+    pub notice: Notice,
+}
+
+/// Everything answering one request decided.
+#[derive(Debug)]
+pub struct Reviewed {
+    pub response: AdmissionResponse,
+    /// `None` for a request that is not a Pod creation.
+    pub namespace: Option<String>,
+    pub decision: Option<Decision>,
+    /// The labels of `tracehook_admission_requests_total`.
+    pub outcome: &'static str,
+    pub reason: &'static str,
+    /// Not for dry runs.
+    pub event: Option<EventRequest>,
+}
+
+/// The review step, pure: the request, what the caches know of the Pod's surroundings
+/// (`snapshot`, gathered for [`AdmissionRequest::subject`]; unused for other requests)
+/// and the settings in; the answer out.
+pub fn review(request: &AdmissionRequest, snapshot: &Snapshot, settings: &Settings) -> Reviewed {
+    let (namespace, pod) = match request.subject() {
+        Ok(subject) => subject,
+        Err(skip) => {
+            let mut response = AdmissionResponse::allow(&request.uid);
+            response.warn(&skip.message);
+            return Reviewed {
+                response,
+                namespace: None,
+                decision: None,
+                outcome: "error",
+                reason: "not_a_pod_create",
+                event: None,
+            };
+        }
+    };
+    let decision = inject::decide(&inject::Input {
+        pod,
+        namespace: &snapshot.namespace,
+        workload: snapshot.workload.as_ref(),
+        instances: inject::Instances::Known(&snapshot.instances),
+        env_from: &snapshot.env_from,
+        settings,
+    });
+    let reason = match &decision {
+        Decision::Skipped(skip) => skip.reason.as_str(),
+        Decision::Ignored(reason) => reason.as_str(),
+        _ => "",
+    };
+    let mut response = AdmissionResponse::for_decision(&request.uid, &decision);
+    let notice = match &decision {
+        Decision::Injected(injection) => {
+            for w in &snapshot.warnings {
+                response.warn(w);
+            }
+            let warnings: Vec<String> = injection
+                .warnings
+                .iter()
+                .chain(&snapshot.warnings)
+                .cloned()
+                .collect();
+            (!warnings.is_empty()).then_some(Notice::Partial(warnings))
+        }
+        Decision::Skipped(skip) => {
+            for w in &snapshot.warnings {
+                response.warn(w);
+            }
+            Some(Notice::Skipped(skip.clone()))
+        }
+        _ => None,
+    };
+    let event = notice
+        .filter(|_| !request.is_dry_run())
+        .map(|notice| EventRequest {
+            namespace: namespace.to_owned(),
+            pod: pod.clone(),
+            workload: snapshot.workload.clone(),
+            notice,
+        });
+    Reviewed {
+        response,
+        namespace: Some(namespace.to_owned()),
+        outcome: decision.outcome(),
+        reason,
+        decision: Some(decision),
+        event,
     }
 }
 

@@ -25,10 +25,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument as _, Span, field};
 
-use crate::admission::{AdmissionResponse, AdmissionReview};
-use crate::cluster::Lookup;
+use crate::admission::{self, AdmissionResponse, AdmissionReview};
 use crate::cluster::events::EventSink;
-use crate::inject::{self, Decision, Settings};
+use crate::cluster::{Lookup, Snapshot};
+use crate::inject::{Decision, Settings};
 use crate::metrics::Metrics;
 
 /// The largest AdmissionReview read; a bigger body gets 413.
@@ -69,7 +69,10 @@ impl Context {
 /// `POST /mutate`; any other method on it gets 405, any other path 404.
 pub fn admission_router(ctx: Arc<Context>) -> Router {
     Router::new()
-        .route("/mutate", post(mutate))
+        .route(
+            "/mutate",
+            post(mutate).fallback(|| async { ApiError::MethodNotAllowed }),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctx)
 }
@@ -108,21 +111,20 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
 async fn mutate(State(ctx): State<Arc<Context>>, request: Request) -> Response {
     // The header-read timeout stops at the headers: a body trickled in byte by byte
     // would hold the connection for as long as the client likes.
-    let body =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Bytes::from_request(request, &())).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(rejection)) => return rejection.into_response(),
-            Err(_) => {
-                ctx.metrics.count("error", "slow_body");
-                return (
-                StatusCode::REQUEST_TIMEOUT,
-                [(header::CONTENT_TYPE, "application/json")],
-                json!({"error": format!("the request body took longer than {HANDSHAKE_TIMEOUT:?}")})
-                    .to_string(),
-            )
-                .into_response();
-            }
-        };
+    let body = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Bytes::from_request(request, &()))
+        .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ctx.metrics.count("error", "too_large");
+            return ApiError::PayloadTooLarge.into_response();
+        }
+        Ok(Err(rejection)) => return ApiError::BadRequest(rejection.body_text()).into_response(),
+        Err(_) => {
+            ctx.metrics.count("error", "slow_body");
+            return ApiError::RequestTimeout.into_response();
+        }
+    };
     let start = Instant::now();
     ctx.metrics.in_flight.inc();
     let span = tracing::info_span!(
@@ -141,18 +143,14 @@ async fn mutate(State(ctx): State<Arc<Context>>, request: Request) -> Response {
             review.into_review_json(),
         )
             .into_response(),
-        Err(message) => (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "application/json")],
-            json!({"error": message}).to_string(),
-        )
-            .into_response(),
+        Err(error) => error.into_response(),
     }
 }
 
-/// Answers one AdmissionReview body. `Err` is a body that cannot be answered at all
-/// (not an AdmissionReview, no uid): the caller sends HTTP 400 with the message.
-pub async fn admit(ctx: &Context, body: &[u8]) -> Result<AdmissionResponse, String> {
+/// Answers one AdmissionReview body: parse, gather the snapshot, [`admission::review`],
+/// then record the metric, log and hand the Event on. `Err` is a body that cannot be
+/// answered at all (not an AdmissionReview, no uid).
+pub async fn admit(ctx: &Context, body: &[u8]) -> Result<AdmissionResponse, ApiError> {
     let span = Span::current();
     let request = match AdmissionReview::parse(body) {
         Ok(r) => r,
@@ -160,83 +158,81 @@ pub async fn admit(ctx: &Context, body: &[u8]) -> Result<AdmissionResponse, Stri
             ctx.metrics.count("error", "bad_request");
             span.record("outcome", "error");
             tracing::warn!(error = %e, "rejected a malformed AdmissionReview");
-            return Err(e.to_string());
+            return Err(ApiError::BadRequest(e.to_string()));
         }
     };
     span.record("uid", request.uid.as_str());
-    let pod = match request.is_pod_create() {
-        Ok(pod) => pod,
-        Err(skip) => {
-            ctx.metrics.count("error", "not_a_pod_create");
-            span.record("outcome", "error");
-            tracing::warn!(reason = %skip.message, "admitted a request tracehook is not registered for");
-            let mut response = AdmissionResponse::allow(&request.uid);
-            response.warn(&skip.message);
-            return Ok(response);
+    let snapshot = match request.subject() {
+        Ok((namespace, pod)) => {
+            span.record("namespace", namespace);
+            ctx.lookup.snapshot(namespace, pod).await
         }
+        Err(_) => Snapshot::default(),
     };
-    let namespace = request
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .or_else(|| pod.pointer("/metadata/namespace").and_then(|n| n.as_str()))
-        .unwrap_or("default");
-    span.record("namespace", namespace);
-
-    let snapshot = ctx.lookup.snapshot(namespace, pod).await;
-    let decision = inject::decide(&inject::Input {
-        pod,
-        namespace: &snapshot.namespace,
-        workload: snapshot.workload.as_ref(),
-        instances: inject::Instances::Known(&snapshot.instances),
-        env_from: &snapshot.env_from,
-        settings: &ctx.settings,
-    });
-
-    let reason = match &decision {
-        Decision::Skipped(skip) => skip.reason.as_str(),
-        Decision::Ignored(reason) => reason.as_str(),
-        _ => "",
-    };
-    ctx.metrics.count(decision.outcome(), reason);
-    span.record("outcome", decision.outcome());
-    span.record("reason", reason);
-    let mut response = AdmissionResponse::for_decision(&request.uid, &decision);
-    match &decision {
-        Decision::Injected(injection) => {
-            for w in &snapshot.warnings {
-                response.warn(w);
-            }
+    let reviewed = admission::review(&request, &snapshot, &ctx.settings);
+    ctx.metrics.count(reviewed.outcome, reviewed.reason);
+    span.record("outcome", reviewed.outcome);
+    span.record("reason", reviewed.reason);
+    match &reviewed.decision {
+        Some(Decision::Injected(injection)) => {
             tracing::info!(instance = %injection.instance, flavor = %injection.flavor, "injected");
             if !injection.kept.is_empty() {
                 tracing::debug!(kept = ?injection.kept, "left the user's settings alone");
             }
-            if let Some(events) = &ctx.events
-                && !request.is_dry_run()
-            {
-                let warnings: Vec<String> = injection
-                    .warnings
-                    .iter()
-                    .chain(&snapshot.warnings)
-                    .cloned()
-                    .collect();
-                events.partial(namespace, pod, snapshot.workload.as_ref(), &warnings);
-            }
         }
-        Decision::Skipped(skip) => {
-            for w in &snapshot.warnings {
-                response.warn(w);
-            }
-            tracing::info!(message = %skip.message, "skipped");
-            if let Some(events) = &ctx.events
-                && !request.is_dry_run()
-            {
-                events.skipped(namespace, pod, snapshot.workload.as_ref(), skip);
-            }
-        }
-        _ => tracing::debug!("no injection"),
+        Some(Decision::Skipped(skip)) => tracing::info!(message = %skip.message, "skipped"),
+        Some(_) => tracing::debug!("no injection"),
+        None => tracing::warn!(
+            warning = ?reviewed.response.warnings,
+            "admitted a request tracehook is not registered for"
+        ),
     }
-    Ok(response)
+    if let (Some(events), Some(event)) = (&ctx.events, &reviewed.event) {
+        events.publish(event);
+    }
+    Ok(reviewed.response)
+}
+
+/// Every refusal of `POST /mutate`, with one JSON shape: `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("only POST is served here")]
+    MethodNotAllowed,
+    #[error("the request body took longer than {HANDSHAKE_TIMEOUT:?}")]
+    RequestTimeout,
+    #[error("the request body is larger than {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.to_string()}).to_string();
+        let mut response = (
+            self.status(),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        if matches!(self, ApiError::MethodNotAllowed) {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        }
+        response
+    }
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes, then drains.

@@ -11,7 +11,10 @@ use base64::Engine as _;
 use rstest::rstest;
 use serde::Deserialize;
 use serde_json::Value;
-use tracehook::admission::{AdmissionResponse, AdmissionReview};
+use std::sync::Arc;
+
+use tracehook::admission::{self, AdmissionReview};
+use tracehook::cluster::Snapshot;
 use tracehook::inject::limits::{LimitRange, ResourcePolicy, ResourceQuota};
 use tracehook::inject::{
     self, Decision, EnvFromKeys, Flavor, Instance, Instances, NamespaceMeta, Resources, Settings,
@@ -237,16 +240,10 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
     let ctx = format!("{name} ({})", f.description);
     let body = serde_json::to_vec(&f.review).expect("review serializes");
     let request = AdmissionReview::parse(&body).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    let pod = request
-        .is_pod_create()
-        .unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
-    let ns_name = request
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    let (ns_name, pod) = request.subject().unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
     let namespace = match &f.namespace {
         Some(n) => NamespaceMeta {
-            name: n.name.clone().unwrap_or(ns_name),
+            name: n.name.clone().unwrap_or_else(|| ns_name.to_owned()),
             labels: n.labels.clone(),
             annotations: n.annotations.clone(),
             policy: policy(n),
@@ -263,22 +260,33 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
         name: w.name.clone(),
         annotations: w.annotations.clone(),
     });
-    let all = instances(&f.instances);
+    let all: Arc<[Instance]> = instances(&f.instances).into();
     let env_from = EnvFromKeys {
         config_maps: f.config_maps.clone(),
     };
     let settings = settings(&f.settings);
-    let decision = inject::decide(&inject::Input {
-        pod,
-        namespace: &namespace,
-        workload: workload.as_ref(),
-        instances: Instances::Known(&all),
-        env_from: &env_from,
-        settings: &settings,
-    });
-    let response = AdmissionResponse::for_decision(&request.uid, &decision);
+    // The webhook's own step, with what its caches would know.
+    let snapshot = Snapshot {
+        namespace: namespace.clone(),
+        workload: workload.clone(),
+        instances: all.clone(),
+        env_from: env_from.clone(),
+        warnings: Vec::new(),
+    };
+    let reviewed = admission::review(&request, &snapshot, &settings);
+    let response = reviewed.response;
+    let decision = reviewed
+        .decision
+        .unwrap_or_else(|| panic!("{ctx}: a Pod creation is decided"));
+    assert_eq!(reviewed.outcome, decision.outcome(), "{ctx}: metric label");
     assert_eq!(response.uid, request.uid, "{ctx}: uid echoed");
     assert!(response.allowed, "{ctx}: always allowed");
+    if matches!(decision, Decision::Skipped(_)) {
+        assert!(
+            reviewed.event.is_some() || request.is_dry_run(),
+            "{ctx}: a skip is told in an Event"
+        );
+    }
 
     let e = &f.expect;
     assert_eq!(

@@ -247,7 +247,7 @@ async fn body_over_4_mib_is_413() {
         json!({"padding": "x".repeat(server::MAX_BODY_BYTES)});
     let body = review.to_string();
     assert!(body.len() > server::MAX_BODY_BYTES);
-    let (status, _, _) = call(
+    let (status, content_type, body) = call(
         server::admission_router(context()),
         Method::POST,
         "/mutate",
@@ -255,6 +255,16 @@ async fn body_over_4_mib_is_413() {
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_is_json_error(content_type, &body, "larger than");
+}
+
+/// Every refusal has one shape: `{"error": "..."}` as application/json.
+fn assert_is_json_error(content_type: Option<String>, body: &[u8], contains: &str) {
+    assert_eq!(content_type.as_deref(), Some("application/json"));
+    let error: Value = serde_json::from_slice(body).expect("a JSON body");
+    let message = error["error"].as_str().expect("an error message");
+    assert!(message.contains(contains), "{message}");
+    assert_eq!(error.as_object().map(|o| o.len()), Some(1), "{error}");
 }
 
 #[tokio::test]
@@ -272,7 +282,7 @@ async fn body_just_under_the_limit_is_answered() {
 
 #[tokio::test]
 async fn get_mutate_is_405() {
-    let (status, _, _) = call(
+    let (status, content_type, body) = call(
         server::admission_router(context()),
         Method::GET,
         "/mutate",
@@ -280,6 +290,7 @@ async fn get_mutate_is_405() {
     )
     .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_is_json_error(content_type, &body, "only POST");
 }
 
 #[tokio::test]

@@ -383,6 +383,13 @@ async fn a_body_sent_byte_by_byte_is_cut_off() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // The same JSON shape as every other refusal.
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("application/json")
+            && text.contains(r#"{"error":"the request body took longer"#),
+        "{text}"
+    );
     assert!(
         elapsed < HANDSHAKE_TIMEOUT + SLACK,
         "a trickled body held the connection for {elapsed:?}"

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tracehook::admission::{AdmissionResponse, AdmissionReview};
+use std::sync::Arc;
+
+use tracehook::admission::{self, AdmissionReview};
+use tracehook::cluster::Snapshot;
 use tracehook::inject::limits::{LimitRange, ResourcePolicy, ResourceQuota};
 use tracehook::inject::{
     self, Decision, EnvFromKeys, Flavor, Instance, Instances, NamespaceMeta, Settings,
@@ -18,15 +21,6 @@ use tracehook::inject::{
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = AdmissionReview::parse(data) else {
         return;
-    };
-    let pod = match request.is_pod_create() {
-        Ok(pod) => pod,
-        Err(skip) => {
-            let mut response = AdmissionResponse::allow(&request.uid);
-            response.warn(&skip.message);
-            check_review(&response.into_review_json());
-            return;
-        }
     };
     // The world varies with the input's length, so a crash reproduces from the file.
     let settings = Settings {
@@ -38,11 +32,11 @@ fuzz_target!(|data: &[u8]| {
         },
         ..Settings::default()
     };
+    // The namespace by the webhook's own rule (only used when it is a Pod creation).
     let namespace_name = request
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".to_owned());
+        .subject()
+        .map(|(namespace, _)| namespace.to_owned())
+        .unwrap_or_default();
     let namespace = NamespaceMeta {
         name: namespace_name,
         labels: BTreeMap::from([("tracehook.dev/injection".to_owned(), "enabled".to_owned())]),
@@ -82,24 +76,31 @@ fuzz_target!(|data: &[u8]| {
             vec!["OTEL_SERVICE_NAME".to_owned()],
         )]),
     };
-    let decide = |pod: &Value| {
-        inject::decide(&inject::Input {
-            pod,
+    let snapshot = Snapshot {
+        namespace: namespace.clone(),
+        workload: None,
+        instances: Arc::from(instances.to_vec()),
+        env_from: env_from.clone(),
+        warnings: Vec::new(),
+    };
+    // The webhook's own review step.
+    let reviewed = admission::review(&request, &snapshot, &settings);
+    check_review(&reviewed.response.into_review_json());
+    if let (Ok((_, pod)), Some(Decision::Injected(injection))) =
+        (request.subject(), &reviewed.decision)
+    {
+        let mut patched = pod.clone();
+        if let Err(e) = json_patch::patch(&mut patched, &injection.patch) {
+            panic!("the patch does not apply to its own Pod: {e}");
+        }
+        let again = inject::decide(&inject::Input {
+            pod: &patched,
             namespace: &namespace,
             workload: None,
             instances: Instances::Known(&instances),
             env_from: &env_from,
             settings: &settings,
-        })
-    };
-    let decision = decide(pod);
-    check_review(&AdmissionResponse::for_decision(&request.uid, &decision).into_review_json());
-    if let Decision::Injected(injection) = &decision {
-        let mut patched = pod.clone();
-        if let Err(e) = json_patch::patch(&mut patched, &injection.patch) {
-            panic!("the patch does not apply to its own Pod: {e}");
-        }
-        let again = decide(&patched);
+        });
         assert_eq!(
             again,
             Decision::AlreadyInjected,

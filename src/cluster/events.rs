@@ -13,7 +13,8 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::Value;
 
-use crate::inject::{Skip, Workload};
+use crate::admission::{EventRequest, Notice};
+use crate::inject::Workload;
 
 /// One Event per object and reason in this window: a ReplicaSet of 100 Pods that all
 /// miss the same thing says so once.
@@ -42,39 +43,29 @@ impl EventSink {
         }
     }
 
-    /// Publishes, in the background, why `pod` was not injected.
-    pub fn skipped(&self, namespace: &str, pod: &Value, workload: Option<&Workload>, skip: &Skip) {
-        self.publish(
-            namespace,
-            pod,
-            workload,
-            "InjectionSkipped",
-            skip.reason.as_str(),
-            &skip.message,
-        );
-    }
-
-    /// Publishes what an injected Pod did not get (its admission warnings).
-    pub fn partial(
-        &self,
-        namespace: &str,
-        pod: &Value,
-        workload: Option<&Workload>,
-        warnings: &[String],
-    ) {
-        if warnings.is_empty() {
-            return;
-        }
-        let note = format!(
-            "the tracing sidecar was injected, but: {}",
-            warnings.join("; ")
-        );
-        self.publish(
-            namespace,
-            pod,
-            workload,
-            "InjectionPartial",
-            "partial",
+    /// Publishes, in the background, what the review step asked to be told.
+    pub fn publish(&self, event: &EventRequest) {
+        let (reason, key, note) = match &event.notice {
+            Notice::Skipped(skip) => (
+                "InjectionSkipped",
+                skip.reason.as_str(),
+                skip.message.clone(),
+            ),
+            Notice::Partial(warnings) => (
+                "InjectionPartial",
+                "partial",
+                format!(
+                    "the tracing sidecar was injected, but: {}",
+                    warnings.join("; ")
+                ),
+            ),
+        };
+        self.publish_about(
+            &event.namespace,
+            &event.pod,
+            event.workload.as_ref(),
+            reason,
+            key,
             &note,
         );
     }
@@ -96,7 +87,7 @@ impl EventSink {
         });
     }
 
-    fn publish(
+    fn publish_about(
         &self,
         namespace: &str,
         pod: &Value,
