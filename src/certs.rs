@@ -109,7 +109,8 @@ pub fn generate(names: &[String], validity: Duration) -> Result<Bundle> {
 
 /// The expiry of the first certificate in a PEM text.
 pub fn not_after(cert_pem: &str) -> Result<OffsetDateTime> {
-    let invalid = |what: String| Error::Tls(format!("reading a certificate: {what}"));
+    let invalid =
+        |what: String| Error::InvalidCertificate(format!("reading a certificate: {what}"));
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| invalid(e.to_string()))?;
     let cert = pem.parse_x509().map_err(|e| invalid(e.to_string()))?;

@@ -23,10 +23,26 @@ pub mod tls;
 pub enum Error {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("TLS: {0}")]
-    Tls(String),
+    /// PEM text or a key pair that cannot be served (files, the Secret, a flag).
+    #[error("certificate material: {0}")]
+    InvalidCertificate(String),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
     #[error("certificate generation: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// The certificate Secret was replaced by other replicas every time we read it.
+    #[error("the Secret {0} kept changing under us")]
+    SecretContended(String),
+    /// A blocking task (key generation) panicked or was cancelled.
+    #[error("{what}: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// An object the API server returned without a field it always sets.
+    #[error("{0} has no {1}")]
+    MissingField(String, &'static str),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -35,22 +51,27 @@ pub enum Error {
     },
     #[error("{0}")]
     Manifest(String),
-    #[error("configuration: {0}")]
-    Config(String),
+    /// A command-line value that does not parse.
+    #[error("{0}")]
+    Argument(String),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
 
 impl Error {
-    /// A short, stable label for metrics.
+    /// A short, stable label for metrics (`tracehook_reconcile_errors_total{error}`).
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
+            Error::InvalidCertificate(_) => "invalid_certificate",
             Error::Tls(_) => "tls",
             Error::Certificate(_) => "certificate",
+            Error::SecretContended(_) => "secret_contended",
+            Error::Task { .. } => "task",
+            Error::MissingField(..) => "missing_field",
             Error::Io { .. } => "io",
             Error::Manifest(_) => "manifest",
-            Error::Config(_) => "config",
+            Error::Argument(_) => "argument",
             Error::Json(_) => "json",
         }
     }

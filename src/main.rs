@@ -269,7 +269,7 @@ fn inject(args: InjectArgs) -> Result<()> {
     let instance = args
         .instance
         .as_deref()
-        .map(|s| parse_instance(s).map_err(|e| Error::Config(format!("--instance {e}"))))
+        .map(|s| parse_instance(s).map_err(|e| Error::Argument(format!("--instance {e}"))))
         .transpose()?;
     let native = !matches!(args.native_sidecars, NativeSidecars::False);
     let options = manifest::Options {
@@ -422,7 +422,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 certs::generate(&names, Duration::from_secs(365 * 24 * 3600))
             })
             .await
-            .map_err(|e| Error::Tls(format!("certificate generation panicked: {e}")))??;
+            .map_err(|source| Error::Task {
+                what: "certificate generation",
+                source,
+            })??;
             tracing::info!("serving a certificate generated in memory");
             Arc::new(CertResolver::new(
                 bundle.cert_pem.as_bytes(),

@@ -57,23 +57,23 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Tls(format!("reading the certificate PEM: {e}")))?;
+        .map_err(|e| Error::InvalidCertificate(format!("reading the certificate PEM: {e}")))?;
     if chain.is_empty() {
-        return Err(Error::Tls(
+        return Err(Error::InvalidCertificate(
             "the certificate file holds no certificate".into(),
         ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| Error::Tls(format!("reading the private key PEM: {e}")))?;
-    CertifiedKey::from_der(chain, key, &provider())
-        .map_err(|e| Error::Tls(format!("the certificate and key do not form a pair: {e}")))
+        .map_err(|e| Error::InvalidCertificate(format!("reading the private key PEM: {e}")))?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        Error::InvalidCertificate(format!("the certificate and key do not form a pair: {e}"))
+    })
 }
 
 /// The server configuration: TLS 1.2+, ALPN `h2` then `http/1.1`.
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -149,8 +149,8 @@ impl SelfSigned {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(Error::Tls(format!(
-            "the Secret {}/{} kept changing under us",
+        Err(Error::SecretContended(format!(
+            "{}/{}",
             self.namespace, self.secret
         )))
     }
@@ -164,7 +164,10 @@ impl SelfSigned {
         // Key generation is CPU work: keep it off the async workers.
         tokio::task::spawn_blocking(move || certs::issue(&ca, &names, validity))
             .await
-            .map_err(|e| Error::Tls(format!("certificate generation failed: {e}")))?
+            .map_err(|source| Error::Task {
+                what: "certificate generation",
+                source,
+            })?
     }
 
     fn secret_of(&self, ca: &Ca, bundle: &Bundle, resource_version: Option<String>) -> Secret {
@@ -217,8 +220,7 @@ impl SelfSigned {
                 "value": want,
             }));
         }
-        let patch: json_patch::Patch = serde_json::from_value(json!(ops))
-            .map_err(|e| Error::Config(format!("building the caBundle patch: {e}")))?;
+        let patch: json_patch::Patch = serde_json::from_value(json!(ops))?;
         api.patch(
             &self.webhook_configuration,
             &PatchParams::default(),
@@ -233,17 +235,21 @@ impl SelfSigned {
 async fn generate_ca() -> Result<Ca> {
     tokio::task::spawn_blocking(|| certs::generate_ca(certs::CA_VALIDITY))
         .await
-        .map_err(|e| Error::Tls(format!("CA generation failed: {e}")))?
+        .map_err(|source| Error::Task {
+            what: "CA generation",
+            source,
+        })?
 }
 
 fn read(secret: &Secret) -> Result<Stored> {
     let data = secret.data.as_ref();
     let field = |key: &str| -> Result<String> {
-        let bytes = data
-            .and_then(|d| d.get(key))
-            .ok_or_else(|| Error::Tls(format!("the certificate Secret has no {key}")))?;
-        String::from_utf8(bytes.0.clone())
-            .map_err(|_| Error::Tls(format!("the certificate Secret's {key} is not PEM text")))
+        let bytes = data.and_then(|d| d.get(key)).ok_or_else(|| {
+            Error::InvalidCertificate(format!("the certificate Secret has no {key}"))
+        })?;
+        String::from_utf8(bytes.0.clone()).map_err(|_| {
+            Error::InvalidCertificate(format!("the certificate Secret's {key} is not PEM text"))
+        })
     };
     let ca = Ca {
         cert_pem: field(CA_CERT)?,

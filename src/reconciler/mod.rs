@@ -243,10 +243,7 @@ struct Converged {
 async fn converge(jaeger: &Jaeger, client: &Client) -> Result<Converged> {
     let namespace = jaeger.namespace().unwrap_or_default();
     let children = children::desired(jaeger).ok_or_else(|| {
-        Error::Config(format!(
-            "Jaeger {namespace}/{} has no uid",
-            jaeger.name_any()
-        ))
+        Error::MissingField(format!("Jaeger {namespace}/{}", jaeger.name_any()), "uid")
     })?;
     let mut written = Vec::new();
     let mut note = |kind: &str, name: String, changed: bool| {
@@ -466,10 +463,13 @@ mod tests {
 
     #[test]
     fn an_error_is_a_failed_condition() {
-        let s = status(&jaeger(json!({})), Err(&Error::Config("boom".into())));
+        let s = status(
+            &jaeger(json!({})),
+            Err(&Error::MissingField("Jaeger obs/test".into(), "uid")),
+        );
         assert_eq!(s.phase, Some(Phase::Failed));
         assert_eq!(s.conditions[0].reason, "ReconcileFailed");
-        assert!(s.conditions[0].message.contains("boom"));
+        assert!(s.conditions[0].message.contains("Jaeger obs/test has no uid"));
     }
 
     #[test]

@@ -405,8 +405,10 @@ image() {
 }
 # The key of an image: its recipe (this script's image line and rootfs function),
 # the hashes of what goes in, and crane's version.
+image_files=()
 image_step() { # FILE FILES-IN-IMAGE... -- image ARGS...
   local file=$1 inputs=()
+  image_files+=("$images/$file.tsv")
   shift
   while [ "$1" != -- ]; do inputs+=("$1"); shift; done
   shift
@@ -438,7 +440,10 @@ image_step "busybox-$busybox_tag.tar" /bin/busybox -- \
 step_name=finish
 cleanup
 registry_pid=
-cat "$images"/*.tar.tsv > "$images/images.tsv.tmp"
+{
+  printf '# file\timage\timage ID (config digest)\tmanifest digest\n'
+  cat "${image_files[@]}"
+} > "$images/images.tsv.tmp"
 mv -f "$images/images.tsv.tmp" "$images/images.tsv"
 rm -rf "$work"
 log "node binaries in $bin, images in $images ($(( $(date +%s) - overall_start ))s)"

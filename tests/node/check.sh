@@ -7,6 +7,7 @@
 #   - the trimmed CoreDNS serves (template ANY ANY { rcode NXDOMAIN }, health, ready);
 #   - the collector starts with the sidecar's configuration (otel-sidecar-config.json,
 #     tracehook's otel_config in src/inject/sidecar.rs) and answers on :13133;
+#   - Jaeger starts with the reconciler's --set arguments and answers /status, /api/services;
 #   - each image tarball has the expected name, platform, entrypoint, cmd, user and
 #     files (crane, against a throwaway local registry).
 #
@@ -51,6 +52,23 @@ reply = s.recv(512)
 rid, flags = struct.unpack(">HH", reply[:4])
 assert rid == qid, "wrong id"
 print(flags & 0xF)
+EOF
+}
+busy_ports() { # PORT/PROTO...: prints those already taken on 127.0.0.1
+  python3 - "$@" <<'EOF'
+import socket, sys
+busy = []
+for arg in sys.argv[1:]:
+    port, proto = arg.split("/")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+    # As Go's listeners: a port left in TIME_WAIT is free.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(port)))
+    except OSError:
+        busy.append(arg)
+    s.close()
+print(" ".join(busy))
 EOF
 }
 wait_http() { # URL: up to 10 s
@@ -128,19 +146,7 @@ if [ "$(dns_rcode "$dns_port" www.example.com)" = 3 ]; then ok "coredns with Cor
 else bad "coredns with Corefile.example: $(tail -n 20 "$scratch/coredns-node.log")"; fi
 
 echo "== otelcol-contrib with the sidecar configuration"
-busy=$(python3 - <<'EOF'
-import socket
-busy = []
-for port, kind in [(4317, socket.SOCK_STREAM), (4318, socket.SOCK_STREAM), (6831, socket.SOCK_DGRAM), (6832, socket.SOCK_DGRAM), (13133, socket.SOCK_STREAM)]:
-    s = socket.socket(socket.AF_INET, kind)
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        busy.append(str(port))
-    s.close()
-print(" ".join(busy))
-EOF
-)
+busy=$(busy_ports 4317/tcp 4318/tcp 6831/udp 6832/udp 13133/tcp)
 if [ -n "$busy" ]; then
   bad "ports in use, collector not started: $busy"
 else
@@ -156,6 +162,26 @@ else
   if wait_http http://localhost:13133/; then ok "collector health with --config=env:OTEL_CONFIG"
   else bad "collector (env config) did not answer: $(tail -n 20 "$scratch/otelcol-env.log")"; fi
   kill "$op"; wait "$op" 2>/dev/null || true
+fi
+
+echo "== jaeger with the reconciler's arguments (src/reconciler/children.rs), on 127.0.0.1"
+busy=$(busy_ports 4317/tcp 4318/tcp 5778/tcp 5779/tcp 6831/udp 6832/udp 8888/tcp 9411/tcp 13132/tcp \
+  13133/tcp 14250/tcp 14268/tcp 16685/tcp 16686/tcp 27777/tcp 27778/tcp)
+if [ -n "$busy" ]; then
+  bad "ports in use, jaeger not started: $busy"
+else
+  # The embedded all-in-one configuration with the reconciler's --set overrides; its
+  # sampling file is the image's (the reconciler mounts a ConfigMap there instead).
+  JAEGER_LISTEN_HOST=127.0.0.1 "$bin/jaeger" \
+    "--set=extensions::remote_sampling::file::path=$out/share/jaeger/sampling-strategies.json" \
+    --set=extensions::jaeger_query::http::endpoint=127.0.0.1:16686 \
+    --set=extensions::jaeger_query::grpc::endpoint=127.0.0.1:16685 > "$scratch/jaeger.log" 2>&1 & jp=$!
+  pids+=("$jp")
+  if wait_http http://127.0.0.1:13133/status; then ok "jaeger health: $(curl -fsS http://127.0.0.1:13133/status)"
+  else bad "jaeger health did not answer: $(tail -n 20 "$scratch/jaeger.log")"; fi
+  if services=$(curl -fsS http://127.0.0.1:16686/api/services); then ok "jaeger query /api/services: $services"
+  else bad "jaeger query /api/services"; fi
+  kill "$jp"; wait "$jp" 2>/dev/null || true
 fi
 
 echo "== images"
