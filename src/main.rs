@@ -316,6 +316,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // whichever crate asks first.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
+    let metrics = tracehook::metrics::Metrics::default();
     let mut client = None;
     let (lookup, events, native) = if args.no_cluster {
         let native = !matches!(args.native_sidecars, NativeSidecars::False);
@@ -367,12 +368,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 args.namespace.clone(),
                 identity,
                 report,
+                metrics.reconciler.clone(),
             ));
         }
         (Lookup::Live(caches), Some(events), native)
     };
     let mut ctx = Context::new(settings(&args.sidecar, native, &args.namespace), lookup);
     ctx.events = events;
+    ctx.metrics = metrics;
     let ctx = Arc::new(ctx);
 
     let probes = tokio::net::TcpListener::bind(args.probe_listen)

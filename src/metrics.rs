@@ -15,10 +15,79 @@ pub struct OutcomeLabels {
     pub reason: &'static str,
 }
 
+/// `error` is [`crate::Error::metric_label`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: &'static str,
+}
+
+/// The reconciler's metrics (after controller-rs): runs, failures by kind, duration,
+/// and whether this replica leads.
+#[derive(Clone)]
+pub struct ReconcilerMetrics {
+    pub reconciles: Counter,
+    pub failures: Family<ErrorLabels, Counter>,
+    pub duration: Histogram,
+    pub leader: Gauge,
+}
+
+impl Default for ReconcilerMetrics {
+    fn default() -> Self {
+        Self {
+            reconciles: Counter::default(),
+            failures: Family::default(),
+            // 1 ms … ~16 s: a pass is a handful of API round trips.
+            duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 15,
+            )),
+            leader: Gauge::default(),
+        }
+    }
+}
+
+impl ReconcilerMetrics {
+    /// Records one reconcile that took `seconds` and ended with `error`, if any.
+    pub fn observe(&self, seconds: f64, error: Option<&crate::Error>) {
+        self.reconciles.inc();
+        self.duration.observe(seconds);
+        if let Some(e) = error {
+            self.failures
+                .get_or_create(&ErrorLabels {
+                    error: e.metric_label(),
+                })
+                .inc();
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "reconciles",
+            "Reconciles of Jaeger instances",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by kind of error",
+            self.failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile of a Jaeger instance took",
+            self.duration.clone(),
+        );
+        registry.register(
+            "reconciler_leader",
+            "1 while this replica holds the reconciler's Lease",
+            self.leader.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     pub requests: Family<OutcomeLabels, Counter>,
     pub duration: Histogram,
     pub in_flight: Gauge,
+    pub reconciler: ReconcilerMetrics,
     registry: Registry,
 }
 
@@ -47,10 +116,13 @@ impl Default for Metrics {
             "Admission requests being answered",
             in_flight.clone(),
         );
+        let reconciler = ReconcilerMetrics::default();
+        reconciler.register(&mut registry);
         Self {
             requests,
             duration,
             in_flight,
+            reconciler,
             registry,
         }
     }
@@ -73,5 +145,32 @@ impl Metrics {
 
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciler_failures_are_counted_by_kind() {
+        let metrics = Metrics::default();
+        metrics.reconciler.observe(0.01, None);
+        metrics.reconciler.observe(
+            0.02,
+            Some(&crate::Error::MissingField("Jaeger a/b".into(), "uid")),
+        );
+        metrics.reconciler.leader.set(1);
+        let text = metrics.render();
+        assert!(text.contains("tracehook_reconciles_total 2"), "{text}");
+        assert!(
+            text.contains(r#"tracehook_reconcile_failures_total{error="missing_field"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("tracehook_reconciler_leader 1"), "{text}");
+        assert!(
+            text.contains("tracehook_reconcile_duration_seconds_count 2"),
+            "{text}"
+        );
     }
 }

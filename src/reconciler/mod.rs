@@ -31,6 +31,7 @@ use tracing::instrument;
 
 use crate::crd::{Jaeger, JaegerStatus, Phase};
 use crate::inject::keys;
+use crate::metrics::ReconcilerMetrics;
 use crate::{Error, Result};
 
 pub use apply::MANAGER;
@@ -51,10 +52,11 @@ pub struct Context {
     recorder: Recorder,
     /// Consecutive failures per instance, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<Jaeger>, u32>>,
+    metrics: ReconcilerMetrics,
 }
 
 impl Context {
-    pub fn new(client: Client, identity: &str) -> Self {
+    pub fn new(client: Client, identity: &str, metrics: ReconcilerMetrics) -> Self {
         let reporter = Reporter {
             controller: "tracehook".into(),
             instance: Some(identity.to_owned()),
@@ -63,6 +65,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             failures: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -92,7 +95,13 @@ pub type LeaderTask = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + 
 
 /// Campaigns for the Lease `tracehook-reconciler` in `namespace` and runs the
 /// controller, and `also`, while this replica holds it. Never returns.
-pub async fn run(client: Client, namespace: String, identity: String, also: Option<LeaderTask>) {
+pub async fn run(
+    client: Client,
+    namespace: String,
+    identity: String,
+    also: Option<LeaderTask>,
+    metrics: ReconcilerMetrics,
+) {
     let config = leader::LeaseConfig::new(LEASE_NAME, namespace, identity.clone());
     let mut leading = leader::elect(client.clone(), config);
     loop {
@@ -102,7 +111,8 @@ pub async fn run(client: Client, namespace: String, identity: String, also: Opti
             }
         }
         tracing::info!(%identity, "leading: reconciling Jaeger instances");
-        let ctx = Arc::new(Context::new(client.clone(), &identity));
+        metrics.leader.set(1);
+        let ctx = Arc::new(Context::new(client.clone(), &identity, metrics.clone()));
         let lost = async {
             loop {
                 if leading.changed().await.is_err() || !*leading.borrow_and_update() {
@@ -124,6 +134,7 @@ pub async fn run(client: Client, namespace: String, identity: String, also: Opti
             }
             () = lost => tracing::warn!(%identity, "no longer leading: stopped reconciling"),
         }
+        metrics.leader.set(0);
     }
 }
 
@@ -145,7 +156,7 @@ async fn controller(client: Client, ctx: Arc<Context>) {
     .owns(Api::<Service>::all(client.clone()), managed.clone())
     .owns(Api::<Ingress>::all(client), managed)
     .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
-    .run(reconcile, error_policy, ctx)
+    .run(measured, error_policy, ctx)
     .for_each(|result| {
         match result {
             Ok(_) => {}
@@ -163,6 +174,15 @@ async fn controller(client: Client, ctx: Arc<Context>) {
 }
 
 #[instrument(skip(ctx, obj), fields(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
+/// [`reconcile`], counted and timed.
+async fn measured(obj: Arc<Jaeger>, ctx: Arc<Context>) -> Result<Action> {
+    let start = std::time::Instant::now();
+    let result = reconcile(obj, ctx.clone()).await;
+    ctx.metrics
+        .observe(start.elapsed().as_secs_f64(), result.as_ref().err());
+    result
+}
+
 async fn reconcile(obj: Arc<Jaeger>, ctx: Arc<Context>) -> Result<Action> {
     if obj.meta().deletion_timestamp.is_some() {
         // The garbage collector removes the children.
@@ -469,7 +489,11 @@ mod tests {
         );
         assert_eq!(s.phase, Some(Phase::Failed));
         assert_eq!(s.conditions[0].reason, "ReconcileFailed");
-        assert!(s.conditions[0].message.contains("Jaeger obs/test has no uid"));
+        assert!(
+            s.conditions[0]
+                .message
+                .contains("Jaeger obs/test has no uid")
+        );
     }
 
     #[test]
