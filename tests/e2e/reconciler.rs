@@ -1214,3 +1214,21 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     assert_eq!(back, names[follower]);
     assert!(replicas[follower].ready());
 }
+
+#[tokio::test]
+async fn the_leader_serves_reconciler_metrics() {
+    let env = env();
+    let webhook = &env.webhook;
+    // The shared process leads (nothing else campaigns for its Lease) and has
+    // reconciled obs/test at least once.
+    wait_until(
+        Duration::from_secs(30),
+        "the reconciler's metrics",
+        || async {
+            webhook.metric("tracehook_reconciler_leader") == 1.0
+                && webhook.metric("tracehook_reconciles_total") >= 1.0
+                && webhook.metric("tracehook_reconcile_duration_seconds_count") >= 1.0
+        },
+    )
+    .await;
+}
