@@ -66,6 +66,8 @@ pub struct Caches {
     daemon_sets: MetaStore<DaemonSet>,
     jobs: MetaStore<Job>,
     cron_jobs: MetaStore<CronJob>,
+    /// ConfigMaps with their keys only (values dropped as they arrive), for `envFrom`.
+    config_maps: Store<ConfigMap>,
     /// LimitRanges and ResourceQuotas by namespace, rebuilt on every change of either.
     policies: Arc<ArcSwap<BTreeMap<String, ResourcePolicy>>>,
     rollouts: rollouts::Rollouts,
@@ -82,6 +84,7 @@ impl Caches {
         let policies = Arc::new(ArcSwap::from_pointee(BTreeMap::new()));
         let (limit_ranges, quotas) = watch_policies(client.clone(), policies.clone());
         let caches = Self {
+            config_maps: watch_config_map_keys(client.clone()),
             policies,
             rollouts: rollouts::Rollouts::start(client.clone()),
             namespaces: namespaces.clone(),
@@ -111,6 +114,7 @@ impl Caches {
                 Box::pin(async { waiting.daemon_sets.wait_until_ready().await.is_ok() }),
                 Box::pin(async { waiting.jobs.wait_until_ready().await.is_ok() }),
                 Box::pin(async { waiting.cron_jobs.wait_until_ready().await.is_ok() }),
+                Box::pin(async { waiting.config_maps.wait_until_ready().await.is_ok() }),
                 Box::pin(async { limit_ranges.wait_until_ready().await.is_ok() }),
                 Box::pin(async { quotas.wait_until_ready().await.is_ok() }),
                 Box::pin(async { waiting.rollouts.wait_until_ready().await }),
@@ -297,20 +301,26 @@ impl Caches {
         let mut config_maps = BTreeMap::new();
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
         for name in names {
-            match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
-                Ok(Ok(Some(cm))) => {
-                    let mut keys: Vec<String> =
-                        cm.data.into_iter().flatten().map(|(k, _)| k).collect();
-                    keys.extend(cm.binary_data.into_iter().flatten().map(|(k, _)| k));
-                    config_maps.insert(name.to_owned(), keys);
-                }
-                // A missing ConfigMap defines nothing (the kubelet fails the container
-                // unless the reference is optional).
-                Ok(Ok(None)) => {
-                    config_maps.insert(name.to_owned(), Vec::new());
-                }
-                Ok(Err(e)) => warnings.push(format!("ConfigMap {name} could not be read ({e})")),
-                Err(_) => warnings.push(format!("ConfigMap {name} could not be read in time")),
+            let key = ObjectRef::new(name).within(namespace);
+            let found = match self.config_maps.get(&key) {
+                Some(cm) => Some(keys_of(&cm)),
+                // Not in the cache: created a moment ago, or missing. One bounded GET.
+                None => match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
+                    Ok(Ok(cm)) => Some(cm.as_ref().map(keys_of).unwrap_or_default()),
+                    Ok(Err(e)) => {
+                        warnings.push(format!("ConfigMap {name} could not be read ({e})"));
+                        None
+                    }
+                    Err(_) => {
+                        warnings.push(format!("ConfigMap {name} could not be read in time"));
+                        None
+                    }
+                },
+            };
+            // A missing ConfigMap defines nothing (the kubelet fails the container
+            // unless the reference is optional).
+            if let Some(keys) = found {
+                config_maps.insert(name.to_owned(), keys);
             }
         }
         EnvFromKeys { config_maps }
@@ -469,6 +479,43 @@ fn watch_instances(
     });
     tokio::spawn(stream);
     (reader, ready)
+}
+
+fn keys_of(cm: &ConfigMap) -> Vec<String> {
+    let mut keys: Vec<String> = cm.data.iter().flatten().map(|(k, _)| k.clone()).collect();
+    keys.extend(cm.binary_data.iter().flatten().map(|(k, _)| k.clone()));
+    keys
+}
+
+/// Watches ConfigMaps and keeps their names and keys only: values (which may be large,
+/// and are not tracehook's business) are dropped as each object arrives.
+fn watch_config_map_keys(client: Client) -> Store<ConfigMap> {
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream = watcher(
+        Api::<ConfigMap>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|cm: &mut ConfigMap| {
+        cm.managed_fields_mut().clear();
+        cm.annotations_mut().clear();
+        cm.labels_mut().clear();
+        for value in cm.data.iter_mut().flat_map(|d| d.values_mut()) {
+            *value = String::new();
+        }
+        for value in cm.binary_data.iter_mut().flat_map(|d| d.values_mut()) {
+            value.0 = Vec::new();
+        }
+    })
+    .reflect(writer)
+    .for_each(|event| {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "watch of ConfigMaps failed; retrying");
+        }
+        future::ready(())
+    });
+    tokio::spawn(stream);
+    reader
 }
 
 /// Watches LimitRanges and ResourceQuotas (small objects, few per namespace) and keeps

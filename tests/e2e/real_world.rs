@@ -8,9 +8,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{LimitRange, Pod, ResourceQuota};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -299,35 +298,6 @@ async fn a_partial_injection_is_an_event_on_the_workload() {
     );
     let note = on_deployment[0].note.clone().unwrap_or_default();
     assert!(note.contains("Secret shop-env"), "{note}");
-}
-
-fn rollout_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"),
-        "rollouts",
-    )
-}
-
-/// Argo Rollouts' CRD, schemaless (the controller is not needed: the ReplicaSets a
-/// Rollout would create are created here, owned by it as Argo does).
-async fn install_rollout_crd(client: &Client) {
-    let crd: CustomResourceDefinition = from_json(json!({
-        "metadata": {"name": "rollouts.argoproj.io"},
-        "spec": {
-            "group": "argoproj.io",
-            "names": {"kind": "Rollout", "plural": "rollouts", "singular": "rollout", "shortNames": ["ro"]},
-            "scope": "Namespaced",
-            "versions": [{"name": "v1alpha1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
-        }
-    }));
-    apply(client, &crd).await;
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &rollout_resource());
-    wait_until(Duration::from_secs(30), "the Rollout CRD served", || {
-        let api = api.clone();
-        async move { api.list(&ListParams::default()).await.is_ok() }
-    })
-    .await;
 }
 
 /// A Rollout with `annotations`, and the ReplicaSet Argo would make for it.

@@ -13,7 +13,10 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
 use kube::{Client, CustomResourceExt as _};
 use serde_json::{Value, json};
 use testcluster::Cluster;
@@ -585,3 +588,33 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 pub mod labeller;
+
+pub fn rollout_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"),
+        "rollouts",
+    )
+}
+
+/// Argo Rollouts' CRD, schemaless (the controller is not needed: the ReplicaSets a
+/// Rollout would create are created here, owned by it as Argo does).
+pub async fn install_rollout_crd(client: &Client) {
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "rollouts.argoproj.io"},
+        "spec": {
+            "group": "argoproj.io",
+            "names": {"kind": "Rollout", "plural": "rollouts", "singular": "rollout", "shortNames": ["ro"]},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
+        }
+    }))
+    .expect("CRD");
+    apply(client, &crd).await;
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &rollout_resource());
+    wait_until(Duration::from_secs(30), "the Rollout CRD served", || {
+        let api = api.clone();
+        async move { api.list(&ListParams::default()).await.is_ok() }
+    })
+    .await;
+}
