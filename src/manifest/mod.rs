@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::inject::{
@@ -14,6 +15,8 @@ use crate::inject::{
     keys,
 };
 use crate::{Error, Result};
+
+pub mod yaml11;
 
 pub struct Options {
     pub settings: Settings,
@@ -42,8 +45,7 @@ pub fn inject_documents(input: &str, options: &Options) -> Result<String> {
             r.document, r.kind, r.name, r.outcome
         );
     }
-    serde_saphyr::to_string_multiple(&docs)
-        .map_err(|e| Error::Manifest(format!("writing YAML: {e}")))
+    to_yaml(&docs)
 }
 
 /// The documents after injection, with a report per document.
@@ -62,8 +64,15 @@ pub fn inject_values(input: &str, options: &Options) -> Result<(Vec<Value>, Vec<
     Ok((docs, reports))
 }
 
-fn parse(input: &str) -> Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(input).map_err(|e| {
+/// The documents as kubectl reads them (see [`yaml11`]), null documents left out.
+pub fn parse(input: &str) -> Result<Vec<Value>> {
+    // serde-saphyr checks the syntax and refuses alias bombs, deep nesting and duplicate
+    // keys with a located message; the values are then read with kubectl's rules.
+    let options = serde_saphyr::options! {
+        legacy_octal_numbers: true,
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+    };
+    serde_saphyr::from_multiple_with_options::<IgnoredAny>(input, options).map_err(|e| {
         let at = e.location().map(|l| {
             let line = usize::try_from(l.line()).unwrap_or(usize::MAX);
             let document = 1 + input
@@ -82,9 +91,20 @@ fn parse(input: &str) -> Result<Vec<Value>> {
             at.unwrap_or_default()
         ))
     })?;
-    // A null document (`~`, `null`, a bare tag) is no object; the YAML parser keeps some
-    // and drops others, so the output would not read back the same. kubectl skips them.
+    let docs = yaml11::read(input).map_err(|e| {
+        Error::Manifest(format!(
+            "document {}, line {}, column {}: {}",
+            e.document, e.line, e.column, e.message
+        ))
+    })?;
+    // A null document (`~`, `null`, a bare tag, an empty one) is no object, and kubectl
+    // skips them.
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// The documents as YAML that kubectl reads back as the same values.
+pub fn to_yaml(docs: &[Value]) -> Result<String> {
+    yaml11::write(docs).map_err(|e| Error::Manifest(format!("writing YAML: {e}")))
 }
 
 fn config_map_keys(docs: &[Value]) -> EnvFromKeys {
