@@ -317,3 +317,119 @@ data: {a: \"on\", b: \"1e3\", c: \"~\", d: \"0x1F\", e: \"1_000\", f: \"null\", 
         assert!(text.contains(quoted), "{quoted} in {text}");
     }
 }
+
+const ROLLOUT: &str = "\
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata:
+  name: checkout
+  namespace: retail
+  annotations: {tracehook.dev/inject: obs/test}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: checkout}}
+  strategy:
+    canary: {steps: [{setWeight: 20}, {pause: {}}]}
+  template:
+    metadata: {labels: {app: checkout}}
+    spec:
+      containers: [{name: checkout, image: registry.example/checkout:1}]
+";
+
+#[test]
+fn rollout_template_is_injected() {
+    // No --instance: the Rollout's own annotation, as the owning workload's, asks.
+    let out = tracehook(&["inject", "-f", "-"], ROLLOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("document 1: Rollout checkout: injected jaeger-agent for obs/test"),
+        "{stderr}"
+    );
+    let doc = &docs(&out.stdout)[0];
+    let spec = &doc["spec"]["template"]["spec"];
+    let init = spec["initContainers"].as_array().expect("init containers");
+    assert_eq!(init[0]["name"], "jaeger-agent");
+    assert_eq!(
+        doc["spec"]["strategy"]["canary"]["steps"][0]["setWeight"],
+        20
+    );
+    assert!(doc["spec"]["template"]["metadata"]["annotations"]["tracehook.dev/status"].is_string());
+    // Fed back in: already injected, unchanged.
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let again = tracehook(&["inject", "-f", "-"], &text);
+    assert_eq!(String::from_utf8(again.stdout).expect("utf-8"), text);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already injected"));
+}
+
+#[test]
+fn rollout_with_a_workload_ref_is_named_as_left_alone() {
+    let input = "\
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: checkout}
+spec:
+  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: checkout-base}
+";
+    let out = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], input);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("document 1: Rollout checkout: left alone"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Deployment checkout-base"), "{stderr}");
+    assert!(
+        stderr.contains("inject that Deployment instead"),
+        "{stderr}"
+    );
+    assert_eq!(docs(&out.stdout)[0], docs(input.as_bytes())[0], "unchanged");
+}
+
+#[test]
+fn every_document_left_alone_is_named_with_the_reason() {
+    let input = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w}
+spec: {template: {spec: {containers: [{name: x, image: x}]}}}
+---
+apiVersion: example.com/v1
+kind: Rollout
+metadata: {name: not-argo}
+spec: {template: {spec: {containers: [{name: x, image: x}]}}}
+---
+metadata: {name: kindless}
+---
+just a string
+";
+    let out = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], input);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "document 1: Service web: left alone (not a workload)",
+        "document 2: ConfigMap settings: left alone (not a workload)",
+        "document 3: CustomResourceDefinition widgets.example.com: left alone (not a workload)",
+        "document 4: Widget w: left alone (not a workload)",
+        "document 5: Rollout not-argo: left alone (not a workload)",
+        "document 6: kindless: left alone (no kind)",
+        "document 7: left alone (not a Kubernetes object)",
+    ] {
+        assert!(stderr.contains(line), "{line:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 7, "{stderr}");
+    assert_eq!(docs(&out.stdout), docs(input.as_bytes()), "all unchanged");
+}

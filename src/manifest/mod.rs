@@ -36,14 +36,25 @@ pub struct Report {
     pub outcome: String,
 }
 
+impl std::fmt::Display for Report {
+    /// `document 2: Service web: left alone (not a workload)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "document {}: ", self.document)?;
+        match (self.kind.is_empty(), self.name.is_empty()) {
+            (false, false) => write!(f, "{} {}: ", self.kind, self.name)?,
+            (false, true) => write!(f, "{}: ", self.kind)?,
+            (true, false) => write!(f, "{}: ", self.name)?,
+            (true, true) => {}
+        }
+        f.write_str(&self.outcome)
+    }
+}
+
 /// Injects every pod template in a YAML or JSON stream and returns the YAML.
 pub fn inject_documents(input: &str, options: &Options) -> Result<String> {
     let (docs, reports) = inject_values(input, options)?;
     for r in &reports {
-        eprintln!(
-            "document {}: {} {}: {}",
-            r.document, r.kind, r.name, r.outcome
-        );
+        eprintln!("{r}");
     }
     to_yaml(&docs)
 }
@@ -125,7 +136,7 @@ fn config_map_keys(docs: &[Value]) -> EnvFromKeys {
 }
 
 /// Where a kind keeps its pod template.
-fn template_path(kind: &str) -> Option<&'static str> {
+fn template_path(api_version: &str, kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
         "Deployment"
@@ -135,8 +146,43 @@ fn template_path(kind: &str) -> Option<&'static str> {
         | "Job"
         | "ReplicationController" => Some("/spec/template"),
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        // Argo Rollouts.
+        "Rollout" if api_version.starts_with("argoproj.io/") => Some("/spec/template"),
         _ => None,
     }
+}
+
+/// Why a document is left alone, when it is.
+fn left_alone(doc: &Value, api_version: &str, kind: &str) -> Option<String> {
+    let text = |p: &str| {
+        doc.pointer(p)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    if !doc.is_object() {
+        return Some("left alone (not a Kubernetes object)".to_owned());
+    }
+    if kind.is_empty() {
+        return Some("left alone (no kind)".to_owned());
+    }
+    if template_path(api_version, kind).is_none() {
+        return Some("left alone (not a workload)".to_owned());
+    }
+    if kind == "Rollout" && doc.pointer("/spec/workloadRef").is_some() {
+        let target = match (
+            text("/spec/workloadRef/kind"),
+            text("/spec/workloadRef/name"),
+        ) {
+            (Some(kind), Some(name)) => format!("{kind} {name}"),
+            (None, Some(name)) => format!("Deployment {name}"),
+            _ => "Deployment".to_owned(),
+        };
+        return Some(format!(
+            "left alone (its spec.workloadRef takes the pod template of {target}: inject that {} instead)",
+            target.split(' ').next().unwrap_or("Deployment")
+        ));
+    }
+    None
 }
 
 fn inject_document(
@@ -149,18 +195,28 @@ fn inject_document(
 ) -> Result<()> {
     let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
     let kind = text(doc, "/kind").unwrap_or_default();
-    if kind == "List" {
-        if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
-            for item in items {
-                inject_document(item, number, options, settings, env_from, reports)?;
-            }
+    let api_version = text(doc, "/apiVersion").unwrap_or_default();
+    let name = text(doc, "/metadata/name").unwrap_or_default();
+    if kind == "List"
+        && let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut)
+    {
+        for item in items {
+            inject_document(item, number, options, settings, env_from, reports)?;
         }
         return Ok(());
     }
-    let Some(path) = template_path(&kind) else {
+    if let Some(outcome) = left_alone(doc, &api_version, &kind) {
+        reports.push(Report {
+            document: number,
+            kind,
+            name,
+            outcome,
+        });
+        return Ok(());
+    }
+    let Some(path) = template_path(&api_version, &kind) else {
         return Ok(());
     };
-    let name = text(doc, "/metadata/name").unwrap_or_default();
     let namespace = text(doc, "/metadata/namespace").unwrap_or_else(|| options.namespace.clone());
     let workload = (kind != "Pod").then(|| Workload {
         kind: kind.clone(),
