@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::inject::{
@@ -77,34 +76,9 @@ pub fn inject_values(input: &str, options: &Options) -> Result<(Vec<Value>, Vec<
 
 /// The documents as kubectl reads them (see [`yaml11`]), null documents left out.
 pub fn parse(input: &str) -> Result<Vec<Value>> {
-    // serde-saphyr checks the syntax and refuses alias bombs, deep nesting and duplicate
-    // keys with a located message; the values are then read with kubectl's rules.
-    let options = serde_saphyr::options! {
-        legacy_octal_numbers: true,
-        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
-    };
-    serde_saphyr::from_multiple_with_options::<IgnoredAny>(input, options).map_err(|e| {
-        let at = e.location().map(|l| {
-            let line = usize::try_from(l.line()).unwrap_or(usize::MAX);
-            let document = 1 + input
-                .lines()
-                .take(line.saturating_sub(1))
-                .filter(|l| l.starts_with("---"))
-                .count();
-            format!(
-                " (document {document}, line {}, column {})",
-                l.line(),
-                l.column()
-            )
-        });
-        Error::Manifest(format!(
-            "the input is not valid YAML or JSON{}: {e}",
-            at.unwrap_or_default()
-        ))
-    })?;
     let docs = yaml11::read(input).map_err(|e| {
         Error::Manifest(format!(
-            "document {}, line {}, column {}: {}",
+            "the input is not valid YAML or JSON (document {}, line {}, column {}): {}",
             e.document, e.line, e.column, e.message
         ))
     })?;

@@ -7,11 +7,10 @@
 //! strings (`yes:` → `"true"`, `0755:` → `"493"`) and the result is marshalled as JSON
 //! (`1000.0` → `1000`). [`read`] gives exactly that JSON value for each document.
 //!
-//! The syntax is checked first by serde-saphyr (YAML syntax, budgets against alias
-//! bombs and deep nesting, duplicate keys, with located messages); the values are then
-//! built from the parser's events with goyaml v2's rules, which serde-saphyr's scalar
-//! inference does not follow (`yEs` is a string, `08` a float, `0755` needs legacy
-//! octal, keys are not resolved at all).
+//! The values are built from the events of serde-saphyr's YAML parser (granit-parser)
+//! with goyaml v2's rules: serde-saphyr's own scalar inference does not follow them even
+//! with its YAML 1.1 options (`yEs` is true there and a string in goyaml, `!foo 0755` a
+//! number there, keys are not resolved at all, `!!timestamp` is refused).
 //!
 //! [`write`] prints YAML that kubectl reads back as the same JSON: every string that
 //! YAML 1.1 would read as something else (`"yes"`, `"0755"`, `"1e3"`, `"~"`, `"<<"`, …)
@@ -463,8 +462,14 @@ fn located(document: usize, span: &Span, message: impl Into<String>) -> ReadErro
 #[derive(Clone)]
 enum Anchored {
     Scalar(Scalar),
-    Node(Value),
+    /// A collection and how many nodes it holds.
+    Node(Value, usize),
 }
+
+/// Nodes in one document, aliases expanded: an alias bomb stops here, not in memory.
+pub const MAX_NODES: usize = 1_000_000;
+/// Nesting of collections (kubectl's goyaml stops at 10,000; manifests need a few dozen).
+pub const MAX_DEPTH: usize = 1_000;
 
 enum Key {
     Plain(String),
@@ -476,6 +481,8 @@ enum Frame {
     Seq {
         items: Vec<Value>,
         anchor: usize,
+        /// `Builder::nodes` before this collection.
+        nodes_before: usize,
     },
     Map {
         map: Map<String, Value>,
@@ -483,6 +490,7 @@ enum Frame {
         explicit: HashSet<String>,
         key: Option<(Key, Span)>,
         anchor: usize,
+        nodes_before: usize,
     },
 }
 
@@ -497,6 +505,8 @@ struct Builder {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Anchored>,
     root: Option<Value>,
+    /// Nodes built in this document so far.
+    nodes: usize,
 }
 
 impl Builder {
@@ -599,9 +609,34 @@ impl Builder {
         matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
     }
 
+    /// Counts `n` more nodes against [`MAX_NODES`].
+    fn count(&mut self, n: usize, span: &Span) -> Result<(), ReadError> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(self.error(
+                span,
+                format!("more than {MAX_NODES} nodes once aliases are expanded (an alias bomb?)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, span: &Span) -> Result<usize, ReadError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(self.error(
+                span,
+                format!("collections nested more than {MAX_DEPTH} deep"),
+            ));
+        }
+        let before = self.nodes;
+        self.count(1, span)?;
+        Ok(before)
+    }
+
     fn event(&mut self, event: Event<'_>, span: &Span) -> Result<(), ReadError> {
         match event {
             Event::Scalar(text, style, anchor, tag) => {
+                self.count(1, span)?;
                 let kind = tag_kind(tag.as_deref());
                 let plain = style == ScalarStyle::Plain;
                 let merge = text == "<<"
@@ -633,39 +668,61 @@ impl Builder {
                 Err(self.error(span, "a mapping or sequence as a map key"))
             }
             Event::SequenceStart(_, anchor, _) => {
+                let nodes_before = self.open(span)?;
                 self.stack.push(Frame::Seq {
                     items: Vec::new(),
                     anchor,
+                    nodes_before,
                 });
                 Ok(())
             }
             Event::MappingStart(_, anchor, _) => {
+                let nodes_before = self.open(span)?;
                 self.stack.push(Frame::Map {
                     map: Map::new(),
                     explicit: HashSet::new(),
                     key: None,
                     anchor,
+                    nodes_before,
                 });
                 Ok(())
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (value, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { items, anchor }) => (Value::Array(items), anchor),
-                    Some(Frame::Map { map, anchor, .. }) => (Value::Object(map), anchor),
+                let (value, anchor, nodes_before) = match self.stack.pop() {
+                    Some(Frame::Seq {
+                        items,
+                        anchor,
+                        nodes_before,
+                    }) => (Value::Array(items), anchor, nodes_before),
+                    Some(Frame::Map {
+                        map,
+                        anchor,
+                        nodes_before,
+                        ..
+                    }) => (Value::Object(map), anchor, nodes_before),
                     None => return Err(self.error(span, "unbalanced collection end")),
                 };
                 if anchor != 0 {
-                    self.anchors.insert(anchor, Anchored::Node(value.clone()));
+                    let size = self.nodes - nodes_before;
+                    self.anchors
+                        .insert(anchor, Anchored::Node(value.clone(), size));
                 }
                 self.push(Node::Collection(value), span)
             }
             Event::Alias(id) => {
+                let size = match self.anchors.get(&id) {
+                    Some(Anchored::Scalar(_)) => 1,
+                    Some(Anchored::Node(_, size)) => *size,
+                    None => return Err(self.error(span, "an alias to an unknown anchor")),
+                };
+                // Counted before the copy is made.
+                self.count(size, span)?;
                 let node = match self.anchors.get(&id) {
                     Some(Anchored::Scalar(s)) => Node::Scalar {
                         value: s.clone(),
                         merge: false,
                     },
-                    Some(Anchored::Node(v)) => Node::Collection(v.clone()),
+                    Some(Anchored::Node(v, _)) => Node::Collection(v.clone()),
                     None => return Err(self.error(span, "an alias to an unknown anchor")),
                 };
                 if matches!(node, Node::Collection(_)) && self.expecting_key() {
@@ -690,14 +747,17 @@ fn decode_binary(text: &str) -> Option<String> {
 /// Every document of a YAML (or JSON) stream as kubectl converts it to JSON, the null
 /// and empty ones included (as `Value::Null`).
 ///
-/// The stream must already have passed serde-saphyr's checks (see `manifest::parse`):
-/// this follows the parser's events and does not guard against alias bombs itself.
+/// Refused: YAML syntax errors, documents of more than [`MAX_NODES`] nodes with aliases
+/// expanded or nested deeper than [`MAX_DEPTH`], keys given twice (goyaml v2 would
+/// silently keep the last), and what kubectl cannot convert to JSON (`.inf`/`.nan`
+/// values, null keys, bad `!!int`/`!!binary`/... values, merges of non-maps).
 pub fn read(input: &str) -> Result<Vec<Value>, ReadError> {
     let mut builder = Builder {
         document: 0,
         stack: Vec::new(),
         anchors: HashMap::new(),
         root: None,
+        nodes: 0,
     };
     let mut docs = Vec::new();
     for item in Parser::new_from_str(input) {
@@ -713,6 +773,7 @@ pub fn read(input: &str) -> Result<Vec<Value>, ReadError> {
                 builder.stack.clear();
                 builder.anchors.clear();
                 builder.root = None;
+                builder.nodes = 0;
             }
             Event::DocumentEnd => {
                 docs.push(builder.root.take().unwrap_or(Value::Null));
@@ -723,11 +784,15 @@ pub fn read(input: &str) -> Result<Vec<Value>, ReadError> {
     Ok(docs)
 }
 
-/// Whether a string must be quoted for YAML 1.1 readers to read it as a string.
+/// Whether a string must be double-quoted for goyaml v2 to read it as the same string:
+/// it would resolve as something else plain, holds what YAML 1.1 takes as a line break,
+/// or has a line starting with a tab (libyaml refuses that in a block scalar, where the
+/// serializer would put a multi-line string).
 fn needs_quotes(s: &str) -> bool {
     !matches!(resolve_plain(s), Scalar::Str(_))
         || s == "<<"
         || s.contains(['\u{85}', '\u{2028}', '\u{2029}', '\u{feff}'])
+        || (s.contains('\n') && s.split('\n').any(|line| line.starts_with('\t')))
 }
 
 /// A JSON value that serializes as YAML kubectl reads back as the same value.
