@@ -539,3 +539,29 @@ fn kubectl_reads_random_strings_as_tracehook_writes_them() {
     check_reading(&cases);
     check_writing(&cases);
 }
+
+#[test]
+fn output_fed_back_in_is_unchanged_for_the_fuzz_corpus() {
+    // The inject_manifest fuzz target's property, over its committed corpus, with the
+    // writer the command uses.
+    let dir = Path::new(ROOT).join("fuzz/corpus/inject_manifest");
+    let mut readable = 0;
+    let mut changed = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/inject_manifest") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("readable");
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        let Ok((docs, _)) = manifest::inject_values(text, &options()) else {
+            continue;
+        };
+        readable += 1;
+        let yaml = manifest::to_yaml(&docs).expect("writes");
+        match manifest::inject_values(&yaml, &options()) {
+            Ok((again, _)) if again == docs => {}
+            other => changed.push(format!("{text:?}\n{yaml}\n{:?}", other.map(|(d, _)| d))),
+        }
+    }
+    assert!(readable >= 100, "only {readable} readable inputs");
+    assert!(changed.is_empty(), "{}", changed.join("\n---\n"));
+}
