@@ -219,3 +219,217 @@ fn certs_writes_a_ca_and_a_serving_pair_with_a_private_key() {
     assert_eq!(mode & 0o077, 0, "the key is private");
     assert!(String::from_utf8_lossy(&out.stdout).contains("hook.ops.svc"));
 }
+
+/// The issue's shape: unquoted YAML 1.1 octal modes and an exponent quantity, as kubectl
+/// reads them (0400 is 256, 0755 is 493, 1e3 is 1000), never `400.0` or `1000.0`.
+const DEPLOYMENT_WITH_MODES: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: keys, namespace: vault}
+spec:
+  selector: {matchLabels: {app: keys}}
+  template:
+    metadata: {labels: {app: keys}}
+    spec:
+      containers:
+        - name: keys
+          image: registry.example/keys:1
+          resources:
+            limits: {memory: 1e3}
+          volumeMounts: [{name: key, mountPath: /keys}]
+      volumes:
+        - name: key
+          secret:
+            secretName: private-key
+            defaultMode: 0400
+            items: [{key: id_rsa, path: id_rsa, mode: 0600}]
+        - name: scripts
+          configMap: {name: scripts, defaultMode: 0755}
+";
+
+#[test]
+fn octal_file_modes_keep_their_value() {
+    let out = tracehook(
+        &["inject", "-f", "-", "--instance", "obs/test"],
+        DEPLOYMENT_WITH_MODES,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let doc = &docs(text.as_bytes())[0];
+    let spec = &doc["spec"]["template"]["spec"];
+    assert!(
+        spec["initContainers"].is_array(),
+        "the Deployment was injected: {text}"
+    );
+    let volumes = &spec["volumes"];
+    assert_eq!(volumes[0]["secret"]["defaultMode"], 256, "{text}");
+    assert_eq!(volumes[0]["secret"]["items"][0]["mode"], 384, "{text}");
+    assert_eq!(volumes[1]["configMap"]["defaultMode"], 493, "{text}");
+    assert!(text.contains("defaultMode: 256"), "{text}");
+    assert!(text.contains("mode: 384"), "{text}");
+    assert!(text.contains("defaultMode: 493"), "{text}");
+    assert!(!text.contains("400.0") && !text.contains("755.0"), "{text}");
+}
+
+#[test]
+fn exponent_quantities_stay_integers() {
+    let out = tracehook(
+        &["inject", "-f", "-", "--instance", "obs/test"],
+        DEPLOYMENT_WITH_MODES,
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let doc = &docs(text.as_bytes())[0];
+    let memory = &doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"];
+    assert_eq!(memory.as_u64(), Some(1000), "{text}");
+    assert!(text.contains("memory: 1000\n"), "{text}");
+    assert!(!text.contains("1000.0"), "{text}");
+}
+
+#[test]
+fn strings_that_yaml_1_1_reads_otherwise_stay_quoted() {
+    let input = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: flags
+  labels: {enabled: \"yes\", mode: \"0755\"}
+data: {a: \"on\", b: \"1e3\", c: \"~\", d: \"0x1F\", e: \"1_000\", f: \"null\", g: \"y\"}
+";
+    let out = tracehook(&["inject", "-f", "-"], input);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    for quoted in [
+        "enabled: \"yes\"",
+        "mode: \"0755\"",
+        "a: \"on\"",
+        "b: \"1e3\"",
+        "c: \"~\"",
+        "d: \"0x1F\"",
+        "e: \"1_000\"",
+        "f: \"null\"",
+        "g: \"y\"",
+    ] {
+        assert!(text.contains(quoted), "{quoted} in {text}");
+    }
+}
+
+const ROLLOUT: &str = "\
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata:
+  name: checkout
+  namespace: retail
+  annotations: {tracehook.dev/inject: obs/test}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: checkout}}
+  strategy:
+    canary: {steps: [{setWeight: 20}, {pause: {}}]}
+  template:
+    metadata: {labels: {app: checkout}}
+    spec:
+      containers: [{name: checkout, image: registry.example/checkout:1}]
+";
+
+#[test]
+fn rollout_template_is_injected() {
+    // No --instance: the Rollout's own annotation, as the owning workload's, asks.
+    let out = tracehook(&["inject", "-f", "-"], ROLLOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("document 1: Rollout checkout: injected jaeger-agent for obs/test"),
+        "{stderr}"
+    );
+    let doc = &docs(&out.stdout)[0];
+    let spec = &doc["spec"]["template"]["spec"];
+    let init = spec["initContainers"].as_array().expect("init containers");
+    assert_eq!(init[0]["name"], "jaeger-agent");
+    assert_eq!(
+        doc["spec"]["strategy"]["canary"]["steps"][0]["setWeight"],
+        20
+    );
+    assert!(doc["spec"]["template"]["metadata"]["annotations"]["tracehook.dev/status"].is_string());
+    // Fed back in: already injected, unchanged.
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let again = tracehook(&["inject", "-f", "-"], &text);
+    assert_eq!(String::from_utf8(again.stdout).expect("utf-8"), text);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already injected"));
+}
+
+#[test]
+fn rollout_with_a_workload_ref_is_named_as_left_alone() {
+    let input = "\
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: checkout}
+spec:
+  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: checkout-base}
+";
+    let out = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], input);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("document 1: Rollout checkout: left alone"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Deployment checkout-base"), "{stderr}");
+    assert!(
+        stderr.contains("inject that Deployment instead"),
+        "{stderr}"
+    );
+    assert_eq!(docs(&out.stdout)[0], docs(input.as_bytes())[0], "unchanged");
+}
+
+#[test]
+fn every_document_left_alone_is_named_with_the_reason() {
+    let input = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w}
+spec: {template: {spec: {containers: [{name: x, image: x}]}}}
+---
+apiVersion: example.com/v1
+kind: Rollout
+metadata: {name: not-argo}
+spec: {template: {spec: {containers: [{name: x, image: x}]}}}
+---
+metadata: {name: kindless}
+---
+just a string
+";
+    let out = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], input);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "document 1: Service web: left alone (not a workload)",
+        "document 2: ConfigMap settings: left alone (not a workload)",
+        "document 3: CustomResourceDefinition widgets.example.com: left alone (not a workload)",
+        "document 4: Widget w: left alone (not a workload)",
+        "document 5: Rollout not-argo: left alone (not a workload)",
+        "document 6: kindless: left alone (no kind)",
+        "document 7: left alone (not a Kubernetes object)",
+    ] {
+        assert!(stderr.contains(line), "{line:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 7, "{stderr}");
+    assert_eq!(docs(&out.stdout), docs(input.as_bytes()), "all unchanged");
+}

@@ -15,6 +15,8 @@ use crate::inject::{
 };
 use crate::{Error, Result};
 
+pub mod yaml11;
+
 pub struct Options {
     pub settings: Settings,
     pub instance: Option<InstanceRef>,
@@ -33,17 +35,27 @@ pub struct Report {
     pub outcome: String,
 }
 
+impl std::fmt::Display for Report {
+    /// `document 2: Service web: left alone (not a workload)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "document {}: ", self.document)?;
+        match (self.kind.is_empty(), self.name.is_empty()) {
+            (false, false) => write!(f, "{} {}: ", self.kind, self.name)?,
+            (false, true) => write!(f, "{}: ", self.kind)?,
+            (true, false) => write!(f, "{}: ", self.name)?,
+            (true, true) => {}
+        }
+        f.write_str(&self.outcome)
+    }
+}
+
 /// Injects every pod template in a YAML or JSON stream and returns the YAML.
 pub fn inject_documents(input: &str, options: &Options) -> Result<String> {
     let (docs, reports) = inject_values(input, options)?;
     for r in &reports {
-        eprintln!(
-            "document {}: {} {}: {}",
-            r.document, r.kind, r.name, r.outcome
-        );
+        eprintln!("{r}");
     }
-    serde_saphyr::to_string_multiple(&docs)
-        .map_err(|e| Error::Manifest(format!("writing YAML: {e}")))
+    to_yaml(&docs)
 }
 
 /// The documents after injection, with a report per document.
@@ -62,29 +74,22 @@ pub fn inject_values(input: &str, options: &Options) -> Result<(Vec<Value>, Vec<
     Ok((docs, reports))
 }
 
-fn parse(input: &str) -> Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(input).map_err(|e| {
-        let at = e.location().map(|l| {
-            let line = usize::try_from(l.line()).unwrap_or(usize::MAX);
-            let document = 1 + input
-                .lines()
-                .take(line.saturating_sub(1))
-                .filter(|l| l.starts_with("---"))
-                .count();
-            format!(
-                " (document {document}, line {}, column {})",
-                l.line(),
-                l.column()
-            )
-        });
+/// The documents as kubectl reads them (see [`yaml11`]), null documents left out.
+pub fn parse(input: &str) -> Result<Vec<Value>> {
+    let docs = yaml11::read(input).map_err(|e| {
         Error::Manifest(format!(
-            "the input is not valid YAML or JSON{}: {e}",
-            at.unwrap_or_default()
+            "the input is not valid YAML or JSON (document {}, line {}, column {}): {}",
+            e.document, e.line, e.column, e.message
         ))
     })?;
-    // A null document (`~`, `null`, a bare tag) is no object; the YAML parser keeps some
-    // and drops others, so the output would not read back the same. kubectl skips them.
+    // A null document (`~`, `null`, a bare tag, an empty one) is no object, and kubectl
+    // skips them.
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// The documents as YAML that kubectl reads back as the same values.
+pub fn to_yaml(docs: &[Value]) -> Result<String> {
+    yaml11::write(docs).map_err(|e| Error::Manifest(format!("writing YAML: {e}")))
 }
 
 fn config_map_keys(docs: &[Value]) -> EnvFromKeys {
@@ -105,7 +110,7 @@ fn config_map_keys(docs: &[Value]) -> EnvFromKeys {
 }
 
 /// Where a kind keeps its pod template.
-fn template_path(kind: &str) -> Option<&'static str> {
+fn template_path(api_version: &str, kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
         "Deployment"
@@ -115,8 +120,43 @@ fn template_path(kind: &str) -> Option<&'static str> {
         | "Job"
         | "ReplicationController" => Some("/spec/template"),
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        // Argo Rollouts.
+        "Rollout" if api_version.starts_with("argoproj.io/") => Some("/spec/template"),
         _ => None,
     }
+}
+
+/// Why a document is left alone, when it is.
+fn left_alone(doc: &Value, api_version: &str, kind: &str) -> Option<String> {
+    let text = |p: &str| {
+        doc.pointer(p)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    if !doc.is_object() {
+        return Some("left alone (not a Kubernetes object)".to_owned());
+    }
+    if kind.is_empty() {
+        return Some("left alone (no kind)".to_owned());
+    }
+    if template_path(api_version, kind).is_none() {
+        return Some("left alone (not a workload)".to_owned());
+    }
+    if kind == "Rollout" && doc.pointer("/spec/workloadRef").is_some() {
+        let target = match (
+            text("/spec/workloadRef/kind"),
+            text("/spec/workloadRef/name"),
+        ) {
+            (Some(kind), Some(name)) => format!("{kind} {name}"),
+            (None, Some(name)) => format!("Deployment {name}"),
+            _ => "Deployment".to_owned(),
+        };
+        return Some(format!(
+            "left alone (its spec.workloadRef takes the pod template of {target}: inject that {} instead)",
+            target.split(' ').next().unwrap_or("Deployment")
+        ));
+    }
+    None
 }
 
 fn inject_document(
@@ -129,18 +169,28 @@ fn inject_document(
 ) -> Result<()> {
     let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
     let kind = text(doc, "/kind").unwrap_or_default();
-    if kind == "List" {
-        if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
-            for item in items {
-                inject_document(item, number, options, settings, env_from, reports)?;
-            }
+    let api_version = text(doc, "/apiVersion").unwrap_or_default();
+    let name = text(doc, "/metadata/name").unwrap_or_default();
+    if kind == "List"
+        && let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut)
+    {
+        for item in items {
+            inject_document(item, number, options, settings, env_from, reports)?;
         }
         return Ok(());
     }
-    let Some(path) = template_path(&kind) else {
+    if let Some(outcome) = left_alone(doc, &api_version, &kind) {
+        reports.push(Report {
+            document: number,
+            kind,
+            name,
+            outcome,
+        });
+        return Ok(());
+    }
+    let Some(path) = template_path(&api_version, &kind) else {
         return Ok(());
     };
-    let name = text(doc, "/metadata/name").unwrap_or_default();
     let namespace = text(doc, "/metadata/namespace").unwrap_or_else(|| options.namespace.clone());
     let workload = (kind != "Pod").then(|| Workload {
         kind: kind.clone(),
