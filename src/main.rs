@@ -175,9 +175,10 @@ struct InjectArgs {
     /// Native sidecars (auto = true offline).
     #[arg(long, value_enum, default_value = "auto")]
     native_sidecars: NativeSidecars,
-    /// Namespace for documents that name none.
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
+    /// Namespace for documents that name none (default: none, and the output takes the
+    /// namespace from the downward API wherever it is applied).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
     #[command(flatten)]
     sidecar: SidecarArgs,
 }

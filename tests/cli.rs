@@ -433,3 +433,105 @@ just a string
     assert_eq!(stderr.lines().count(), 7, "{stderr}");
     assert_eq!(docs(&out.stdout), docs(input.as_bytes()), "all unchanged");
 }
+
+const DEPLOYMENT_WITHOUT_NAMESPACE: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: myapp
+spec:
+  selector:
+    matchLabels: {app: myapp}
+  template:
+    metadata:
+      labels: {app: myapp}
+      annotations:
+        tracehook.dev/inject: test
+    spec:
+      containers:
+        - name: myapp
+          image: registry.example/myapp:1
+";
+
+/// `name → value` (or `fieldRef:<path>`) of a container's env.
+fn env_map(container: &Value) -> std::collections::BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let value = e["value"].as_str().map(str::to_owned).unwrap_or_else(|| {
+                format!(
+                    "fieldRef:{}",
+                    e["valueFrom"]["fieldRef"]["fieldPath"]
+                        .as_str()
+                        .unwrap_or("?")
+                )
+            });
+            (e["name"].as_str().unwrap_or_default().to_owned(), value)
+        })
+        .collect()
+}
+
+#[test]
+fn output_without_a_namespace_is_right_in_any_namespace() {
+    // `tracehook inject -f app.yaml | kubectl apply -n shop -f -` used to bake in
+    // `default`: JAEGER_SERVICE_NAME=myapp.default, k8s.namespace.name=default.
+    let out = tracehook(&["inject", "-f", "-"], DEPLOYMENT_WITHOUT_NAMESPACE);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = &docs(&out.stdout)[0];
+    let spec = &doc["spec"]["template"]["spec"];
+    let env = env_map(&spec["containers"][0]);
+    assert_eq!(env["POD_NAMESPACE"], "fieldRef:metadata.namespace");
+    assert_eq!(env["JAEGER_SERVICE_NAME"], "myapp.$(POD_NAMESPACE)");
+    assert!(
+        env["OTEL_RESOURCE_ATTRIBUTES"].starts_with("k8s.namespace.name=$(POD_NAMESPACE),"),
+        "{env:?}"
+    );
+    // The instance named without a namespace is the one where the output is applied:
+    // its Services by their short names, which the Pod's DNS search path resolves.
+    assert_eq!(
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "http://test-collector:4317"
+    );
+    let sidecar = &spec["initContainers"][0];
+    let args: Vec<&str> = sidecar["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&"--reporter.grpc.host-port=dns:///test-collector-headless:14250"),
+        "{args:?}"
+    );
+    assert!(
+        args.iter()
+            .any(|a| a.contains("pod.namespace=${POD_NAMESPACE:}")),
+        "{args:?}"
+    );
+    assert_eq!(
+        env_map(sidecar)["POD_NAMESPACE"],
+        "fieldRef:metadata.namespace"
+    );
+    assert_eq!(
+        doc["spec"]["template"]["metadata"]["labels"]["tracehook.dev/injected"],
+        "test"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("default"), "no namespace baked in:\n{text}");
+
+    // With -n, the namespace is known and written out.
+    let out = tracehook(
+        &["inject", "-f", "-", "-n", "shop"],
+        DEPLOYMENT_WITHOUT_NAMESPACE,
+    );
+    let doc = &docs(&out.stdout)[0];
+    let env = env_map(&doc["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(env["JAEGER_SERVICE_NAME"], "myapp.shop");
+    assert!(!env.contains_key("POD_NAMESPACE"), "{env:?}");
+}

@@ -98,7 +98,7 @@ fn options() -> Options {
         settings: Settings::default(),
         instance: Some(InstanceRef::new("obs", "test")),
         flavor: None,
-        namespace: "default".to_owned(),
+        namespace: Some("default".to_owned()),
     }
 }
 

@@ -39,18 +39,32 @@ impl InstanceRef {
 
     /// The collector's headless Service, which the Jaeger agent balances over by DNS.
     pub fn collector_headless_host(&self) -> String {
-        format!("{}-collector-headless.{}.svc", self.name, self.namespace)
+        self.host("collector-headless")
     }
 
     /// The collector's Service, for OTLP.
     pub fn collector_host(&self) -> String {
-        format!("{}-collector.{}.svc", self.name, self.namespace)
+        self.host("collector")
+    }
+
+    /// `<name>-<suffix>.<ns>.svc`; without a namespace (offline, not known), the short
+    /// name, which the Pod's DNS search path resolves in its own namespace.
+    fn host(&self, suffix: &str) -> String {
+        if self.namespace.is_empty() {
+            format!("{}-{suffix}", self.name)
+        } else {
+            format!("{}-{suffix}.{}.svc", self.name, self.namespace)
+        }
     }
 }
 
 impl fmt::Display for InstanceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
     }
 }
 

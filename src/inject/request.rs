@@ -595,7 +595,12 @@ pub fn workload_from_owner_references(metadata: Option<&Value>) -> Option<Worklo
 
 /// `<namespace>.<instance>`, shortened with a hash to a label value's 63 characters.
 pub fn marker_label(namespace: &str, name: &str) -> String {
-    let full = format!("{namespace}.{name}");
+    // An instance in the namespace the output is applied to (offline, not known).
+    let full = if namespace.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{namespace}.{name}")
+    };
     if full.len() <= 63 {
         return full;
     }

@@ -22,8 +22,9 @@ pub struct Options {
     pub instance: Option<InstanceRef>,
     /// Default flavor when no annotation chooses one.
     pub flavor: Option<Flavor>,
-    /// Namespace of documents that name none.
-    pub namespace: String,
+    /// Namespace of documents that name none. `None`: unknown, so the output reads it
+    /// from the downward API and is right in whichever namespace it is applied.
+    pub namespace: Option<String>,
 }
 
 /// What happened to one document, for messages.
@@ -191,7 +192,9 @@ fn inject_document(
     let Some(path) = template_path(&api_version, &kind) else {
         return Ok(());
     };
-    let namespace = text(doc, "/metadata/namespace").unwrap_or_else(|| options.namespace.clone());
+    let namespace = text(doc, "/metadata/namespace")
+        .or_else(|| options.namespace.clone())
+        .unwrap_or_default();
     let workload = (kind != "Pod").then(|| Workload {
         kind: kind.clone(),
         name: name.clone(),
