@@ -376,10 +376,7 @@ fn workload(kind: &str, name: &str, annotations: Option<&BTreeMap<String, String
 }
 
 fn controller_of(metadata: Option<&Value>) -> Option<(String, String)> {
-    let refs = metadata?.get("ownerReferences")?.as_array()?;
-    let owner = refs
-        .iter()
-        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))?;
+    let owner = crate::inject::decide::controller_reference(metadata)?;
     Some((
         owner.get("kind")?.as_str()?.to_owned(),
         owner.get("name")?.as_str()?.to_owned(),

@@ -75,7 +75,7 @@ impl EventSink {
         let event = Event {
             type_: EventType::Warning,
             reason: reason.into(),
-            note: Some(truncate(note, 1024)),
+            note: Some(crate::inject::text::truncate(note, 1024).to_owned()),
             action: "Inject".into(),
             secondary: None,
         };
@@ -105,7 +105,7 @@ impl EventSink {
         let event = Event {
             type_: EventType::Warning,
             reason: reason.into(),
-            note: Some(truncate(note, 1024)),
+            note: Some(crate::inject::text::truncate(note, 1024).to_owned()),
             action: "Inject".into(),
             secondary: None,
         };
@@ -183,11 +183,7 @@ fn reference(namespace: &str, pod: &Value, workload: Option<&Workload>) -> Optio
             ..ObjectReference::default()
         });
     }
-    let owner = metadata?
-        .get("ownerReferences")?
-        .as_array()?
-        .iter()
-        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))?;
+    let owner = crate::inject::decide::controller_reference(metadata)?;
     Some(ObjectReference {
         api_version: text(Some(owner), "apiVersion"),
         kind: text(Some(owner), "kind"),
@@ -196,15 +192,4 @@ fn reference(namespace: &str, pod: &Value, workload: Option<&Workload>) -> Optio
         uid: text(Some(owner), "uid"),
         ..ObjectReference::default()
     })
-}
-
-fn truncate(message: &str, max: usize) -> String {
-    if message.len() <= max {
-        return message.to_owned();
-    }
-    let mut end = max;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message[..end].to_owned()
 }

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use super::patch::PatchBuilder;
 use super::{EnvFromKeys, Flavor, InstanceRef, Workload, keys};
 
 pub const PROPAGATION: &str = "jaeger,b3,w3c";
@@ -35,6 +36,34 @@ pub struct ContainerEnv {
     pub kept: Vec<String>,
     /// Set when an `envFrom` source may define variables tracehook would add.
     pub warning: Option<String>,
+}
+
+impl ContainerEnv {
+    /// Adds what app container `index` gets to `patch` (`env` is its current `env`).
+    pub fn patch(&self, patch: &mut PatchBuilder, index: usize, env: Option<&Value>) {
+        let index = index.to_string();
+        if let Some((at, values)) = &self.insert {
+            for (offset, value) in values.iter().enumerate() {
+                let position = (at + offset).to_string();
+                patch.add(
+                    &["spec", "containers", &index, "env", &position],
+                    value.clone(),
+                );
+            }
+        }
+        if let Some((at, value)) = &self.replace {
+            let position = at.to_string();
+            patch.replace(
+                &["spec", "containers", &index, "env", &position, "value"],
+                value.clone(),
+            );
+        }
+        patch.append(
+            env,
+            &["spec", "containers", &index, "env"],
+            self.add.clone(),
+        );
+    }
 }
 
 /// Variables that say where spans go: a user who set one has chosen, and no OTLP
@@ -364,16 +393,20 @@ fn merge_attributes<'h>(
     out.names.push("OTEL_RESOURCE_ATTRIBUTES".to_owned());
 }
 
-fn field_ref(path: &str) -> Value {
+/// A `valueFrom` of the downward API.
+pub(crate) fn field_ref(path: &str) -> Value {
     json!({"fieldRef": {"apiVersion": "v1", "fieldPath": path}})
 }
 
-/// An env entry: `value` for a string, `valueFrom` otherwise.
-fn entry(name: &str, value: Value) -> Value {
+/// An env entry: `{"name": name, "value": value}` for a string, `valueFrom` otherwise.
+pub(crate) fn entry(name: &str, value: Value) -> Value {
     let key = if value.is_string() {
         "value"
     } else {
         "valueFrom"
     };
-    super::sidecar::named(name, key, value)
+    let mut entry = serde_json::Map::with_capacity(2);
+    entry.insert("name".to_owned(), name.into());
+    entry.insert(key.to_owned(), value);
+    Value::Object(entry)
 }

@@ -3,21 +3,24 @@
 //! patch. No I/O happens here: the webhook, the `inject` command, the benchmarks and
 //! the fuzzers all call [`decide`].
 //!
-//! - [`request`]: where the decision is made (annotations, precedence, skips)
+//! - [`decide`]: where the decision is made (annotations, precedence, skips)
 //! - [`instance`]: which Jaeger instance a request names
 //! - [`sidecar`]: the sidecar container of each flavor
 //! - [`env`]: the variables app containers get, and the service name
 //! - [`limits`]: the sidecar's resources fitted into LimitRanges and ResourceQuotas
+//! - [`marker`]: the annotation and label an injected Pod carries
 //! - [`patch`]: how the JSON Patch is built from the raw Pod
 
+pub mod decide;
 pub mod env;
 pub mod instance;
 pub mod keys;
 pub mod limits;
+pub mod marker;
 pub mod patch;
 pub mod quantity;
-pub mod request;
 pub mod sidecar;
+pub mod text;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,8 +28,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use decide::decide;
 pub use instance::{Instance, InstanceRef, Instances};
-pub use request::decide;
 
 /// The sidecar flavors tracehook can inject.
 #[derive(

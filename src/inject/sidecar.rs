@@ -7,8 +7,9 @@ use std::sync::LazyLock;
 
 use serde_json::{Map, Value, json};
 
+use super::env::{entry, field_ref};
 use super::limits::SidecarResources;
-use super::{Flavor, InstanceRef};
+use super::{Flavor, InstanceRef, Workload};
 
 pub const JAEGER_AGENT_CONTAINER: &str = "jaeger-agent";
 pub const OTEL_COLLECTOR_CONTAINER: &str = "otc-container";
@@ -32,7 +33,7 @@ impl Port {
     }
 }
 
-const fn tcp(name: &'static str, port: u16) -> Port {
+pub const fn tcp(name: &'static str, port: u16) -> Port {
     Port {
         name,
         port,
@@ -40,7 +41,7 @@ const fn tcp(name: &'static str, port: u16) -> Port {
     }
 }
 
-const fn udp(name: &'static str, port: u16) -> Port {
+pub const fn udp(name: &'static str, port: u16) -> Port {
     Port {
         name,
         port,
@@ -99,20 +100,16 @@ pub struct Plan<'a> {
 /// The container to add (to `initContainers` when native, else to `containers`).
 pub fn container(plan: &Plan<'_>) -> Value {
     let mut env = vec![
-        field_env("POD_NAME", "metadata.name"),
-        field_env("HOST_IP", "status.hostIP"),
+        entry("POD_NAME", field_ref("metadata.name")),
+        entry("HOST_IP", field_ref("status.hostIP")),
     ];
-    if plan.agent_tags.get("pod.namespace").map(String::as_str) == Some("${POD_NAMESPACE:}") {
-        env.push(field_env("POD_NAMESPACE", "metadata.namespace"));
+    if plan.agent_tags.get("pod.namespace").map(String::as_str) == Some(NAMESPACE_FROM_ENV) {
+        env.push(entry("POD_NAMESPACE", field_ref("metadata.namespace")));
     }
     let args = match plan.flavor {
         Flavor::JaegerAgent => jaeger_agent_args(plan),
         Flavor::OtelCollector => {
-            env.push(named(
-                "OTEL_CONFIG",
-                "value",
-                otel_config(plan.instance).into(),
-            ));
+            env.push(entry("OTEL_CONFIG", otel_config(plan.instance).into()));
             vec!["--config=env:OTEL_CONFIG".to_owned()]
         }
     };
@@ -230,6 +227,37 @@ fn build_template(flavor: Flavor, native: bool) -> Map<String, Value> {
     }
 }
 
+/// The agent's `pod.namespace` tag when the namespace is not known (offline): read
+/// from the sidecar's own `POD_NAMESPACE` at start-up.
+const NAMESPACE_FROM_ENV: &str = "${POD_NAMESPACE:}";
+
+/// `--agent.tags` of the Jaeger agent, by key, as the Jaeger operator sets them: the
+/// single app container, the owning workload, the node's IP, the Pod and namespace.
+pub fn agent_tags(
+    containers: &[&Value],
+    workload: Option<&Workload>,
+    namespace: &str,
+) -> BTreeMap<&'static str, String> {
+    let mut tags = BTreeMap::new();
+    if let [only] = containers
+        && let Some(name) = only.get("name").and_then(Value::as_str)
+    {
+        tags.insert("container.name", name.to_owned());
+    }
+    if let Some(w) = workload.filter(|w| !w.name.is_empty()) {
+        tags.insert("deployment.name", w.name.clone());
+    }
+    tags.insert("host.ip", "${HOST_IP:}".to_owned());
+    tags.insert("pod.name", "${POD_NAME:}".to_owned());
+    let namespace = if namespace.is_empty() {
+        NAMESPACE_FROM_ENV
+    } else {
+        namespace
+    };
+    tags.insert("pod.namespace", namespace.to_owned());
+    tags
+}
+
 fn jaeger_agent_args(plan: &Plan<'_>) -> Vec<String> {
     let tags = plan
         .agent_tags
@@ -284,22 +312,6 @@ fn otel_config(instance: &InstanceRef) -> String {
         }
     })
     .to_string()
-}
-
-fn field_env(name: &str, field: &str) -> Value {
-    named(
-        name,
-        "valueFrom",
-        json!({"fieldRef": {"apiVersion": "v1", "fieldPath": field}}),
-    )
-}
-
-/// `{"name": name, key: value}`, an env entry.
-pub(crate) fn named(name: &str, key: &str, value: Value) -> Value {
-    let mut entry = Map::with_capacity(2);
-    entry.insert("name".to_owned(), name.into());
-    entry.insert(key.to_owned(), value);
-    Value::Object(entry)
 }
 
 fn resources(r: &SidecarResources) -> Value {

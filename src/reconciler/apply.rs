@@ -24,12 +24,7 @@ pub const MANAGER: &str = "tracehook";
 /// Annotation holding the hash of a child's desired content.
 pub const HASH_ANNOTATION: &str = "tracehook.dev/desired-hash";
 
-/// 64-bit FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use crate::inject::text::fnv1a;
 
 /// Puts the hash of `object`'s content into its annotations.
 pub fn stamp<K: Resource + Serialize>(object: &mut K) -> Result<()> {

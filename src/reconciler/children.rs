@@ -32,7 +32,7 @@ const SAMPLING_DIR: &str = "/etc/jaeger/sampling";
 const SAMPLING_FILE: &str = "sampling.json";
 
 /// The Jaeger v2 health check extension (its all-in-one configuration's port).
-const HEALTH_PORT: i32 = 13133;
+const HEALTH_PORT: u16 = 13133;
 
 /// Annotation on the Pod template with a hash of the sampling configuration, so that
 /// a change rolls the backend and it reads the new file.
@@ -41,29 +41,9 @@ pub const SAMPLING_HASH_ANNOTATION: &str = "tracehook.dev/sampling-hash";
 /// What Jaeger serves when `spec.sampling` is not set: sample everything.
 const DEFAULT_SAMPLING: &str = r#"{"default_strategy":{"param":1,"type":"probabilistic"}}"#;
 
-/// One port of a Service (and of the backend container).
-#[derive(Clone, Copy, Debug)]
-pub struct Port {
-    pub name: &'static str,
-    pub port: i32,
-    pub udp: bool,
-}
-
-const fn tcp(name: &'static str, port: i32) -> Port {
-    Port {
-        name,
-        port,
-        udp: false,
-    }
-}
-
-const fn udp(name: &'static str, port: i32) -> Port {
-    Port {
-        name,
-        port,
-        udp: true,
-    }
-}
+/// One port of a Service (and of the backend container): the sidecar's port type, so
+/// that the agent's ports are one table.
+pub use crate::inject::sidecar::{Port, tcp, udp};
 
 /// The collector's ports, on `<name>-collector` and `<name>-collector-headless`.
 pub const COLLECTOR_PORTS: [Port; 5] = [
@@ -77,14 +57,10 @@ pub const COLLECTOR_PORTS: [Port; 5] = [
 /// The query service's ports, on `<name>-query`.
 pub const QUERY_PORTS: [Port; 2] = [tcp("http-query", 16686), tcp("grpc-query", 16685)];
 
-/// The agent ports, on the headless `<name>-agent`.
-pub const AGENT_PORTS: [Port; 5] = [
-    udp("zk-compact-trft", 5775),
-    tcp("config-rest", 5778),
-    udp("jg-compact-trft", 6831),
-    udp("jg-binary-trft", 6832),
-    tcp("admin-http", 14271),
-];
+/// The agent ports, on the headless `<name>-agent`: the Jaeger agent sidecar's.
+pub fn agent_ports() -> &'static [Port] {
+    crate::inject::sidecar::ports(crate::inject::Flavor::JaegerAgent)
+}
 
 /// The backend container's ports. Container port names are limited to 15 characters,
 /// so some differ from the Service port names; Services target ports by number.
@@ -202,7 +178,7 @@ pub fn desired(jaeger: &Jaeger) -> Option<Children> {
             &COLLECTOR_PORTS,
         ),
         service("query", "service-query", false, &QUERY_PORTS),
-        service("agent", "service-agent", true, &AGENT_PORTS),
+        service("agent", "service-agent", true, agent_ports()),
     ];
     let ingress = jaeger
         .spec
@@ -266,9 +242,9 @@ pub fn desired(jaeger: &Jaeger) -> Option<Children> {
 fn service_port(p: &Port) -> ServicePort {
     ServicePort {
         name: Some(p.name.to_owned()),
-        port: p.port,
-        target_port: Some(IntOrString::Int(p.port)),
-        protocol: Some(if p.udp { "UDP" } else { "TCP" }.to_owned()),
+        port: i32::from(p.port),
+        target_port: Some(IntOrString::Int(i32::from(p.port))),
+        protocol: Some(p.protocol().to_owned()),
         ..ServicePort::default()
     }
 }
@@ -303,8 +279,8 @@ fn deployment(jaeger: &Jaeger, metadata: ObjectMeta, sampling: &str) -> Deployme
                 .iter()
                 .map(|p| ContainerPort {
                     name: Some(p.name.to_owned()),
-                    container_port: p.port,
-                    protocol: Some(if p.udp { "UDP" } else { "TCP" }.to_owned()),
+                    container_port: i32::from(p.port),
+                    protocol: Some(p.protocol().to_owned()),
                     ..ContainerPort::default()
                 })
                 .collect(),
@@ -399,7 +375,7 @@ fn health_probe(period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/status".into()),
-            port: IntOrString::Int(HEALTH_PORT),
+            port: IntOrString::Int(i32::from(HEALTH_PORT)),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),

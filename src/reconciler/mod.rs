@@ -411,24 +411,13 @@ async fn publish(ctx: &Context, jaeger: &Jaeger, type_: EventType, reason: &str,
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(truncate(note, 1024)),
+        note: Some(crate::inject::text::truncate(&note, 1024).to_owned()),
         action: "Reconcile".into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &jaeger.object_ref(&())).await {
         tracing::warn!(error = %e, "could not publish an Event");
     }
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 #[cfg(test)]

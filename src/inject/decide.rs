@@ -1,316 +1,308 @@
 //! Where the decision is made: is injection requested, may this Pod be injected,
 //! with what, and the patch that does it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::instance::{self, Target};
 use super::patch::PatchBuilder;
 use super::{
-    Decision, Flavor, Injection, Input, Resources, Skip, SkipReason, Workload, env, keys, limits,
-    quantity, sidecar,
+    Decision, Flavor, Injection, Input, InstanceRef, Resources, SidecarSettings, Skip, SkipReason,
+    Workload, env, keys, limits, marker, quantity, sidecar,
 };
 
 /// Decides what to do with one Pod and builds the patch. Pure: no I/O, no clock.
+///
+/// In three steps, each of which may end with a decision: is injection requested
+/// ([`request`]), may this Pod be injected ([`eligible`]), with what ([`choose`]); then
+/// the patch that does it ([`build`]).
 pub fn decide(input: &Input<'_>) -> Decision {
-    let Some(pod) = input.pod.as_object() else {
-        return Decision::Skipped(Skip::new(
+    let steps = || -> Result<Decision, Early> {
+        let (target, workload) = request(input)?;
+        let pod = eligible(input)?;
+        let choice = choose(input, &pod, &target)?;
+        Ok(build(input, &pod, workload.as_deref(), &choice))
+    };
+    steps().unwrap_or_else(Early::into_decision)
+}
+
+/// A decision made before anything is built (every one but `Injected`).
+enum Early {
+    NotRequested,
+    AlreadyInjected,
+    Ignored(SkipReason),
+    Skipped(Skip),
+}
+
+impl Early {
+    fn into_decision(self) -> Decision {
+        match self {
+            Early::NotRequested => Decision::NotRequested,
+            Early::AlreadyInjected => Decision::AlreadyInjected,
+            Early::Ignored(reason) => Decision::Ignored(reason),
+            Early::Skipped(skip) => Decision::Skipped(skip),
+        }
+    }
+}
+
+/// The parts of the Pod the decision reads.
+struct PodView<'a> {
+    metadata: Option<&'a Value>,
+    spec: &'a Map<String, Value>,
+    containers: Vec<&'a Value>,
+    init_containers: Vec<&'a Value>,
+}
+
+impl<'a> PodView<'a> {
+    fn annotation(&self, key: &str) -> Option<&'a str> {
+        annotation(self.metadata, key)
+    }
+
+    /// App containers, then init containers.
+    fn all_containers(&self) -> impl Iterator<Item = &'a Value> + '_ {
+        self.containers.iter().chain(&self.init_containers).copied()
+    }
+}
+
+fn annotation<'a>(metadata: Option<&'a Value>, key: &str) -> Option<&'a str> {
+    metadata?.get("annotations")?.get(key)?.as_str()
+}
+
+/// What the chosen sidecar is.
+struct Choice<'a> {
+    instance: InstanceRef,
+    settings: &'a SidecarSettings,
+    flavor: Flavor,
+    native: bool,
+    image: &'a str,
+    resources: limits::SidecarResources,
+}
+
+/// Step 1: the injection request by precedence, and the Pods tracehook never touches.
+fn request<'a>(input: &Input<'a>) -> Result<(Target, Option<Cow<'a, Workload>>), Early> {
+    let pod = input.pod.as_object().ok_or_else(|| {
+        Early::Skipped(Skip::new(
             SkipReason::InvalidPod,
             "the Pod is not a JSON object",
-        ));
-    };
+        ))
+    })?;
     let metadata = pod.get("metadata");
-    let annotations = metadata.and_then(|m| m.get("annotations"));
-    let labels = metadata.and_then(|m| m.get("labels"));
-    let pod_annotation = |key: &str| annotations.and_then(|a| a.get(key)).and_then(Value::as_str);
-
-    if pod_annotation(keys::STATUS).is_some() {
-        return Decision::AlreadyInjected;
+    if annotation(metadata, keys::STATUS).is_some() {
+        return Err(Early::AlreadyInjected);
     }
-    let derived;
     let workload = match input.workload {
-        Some(w) => Some(w),
-        None => {
-            derived = workload_from_owner_references(metadata);
-            derived.as_ref()
-        }
+        Some(w) => Some(Cow::Borrowed(w)),
+        None => workload_from_owner_references(metadata).map(Cow::Owned),
     };
-    let target = match requested(&pod_annotation, workload, input.namespace) {
-        Ok(Some(target)) => target,
-        Ok(None) => return Decision::NotRequested,
-        Err(skip) => return Decision::Skipped(skip),
-    };
-
-    if labels
-        .and_then(|l| l.get(keys::MANAGED_BY))
-        .and_then(Value::as_str)
-        == Some(keys::MANAGED_BY_VALUE)
-    {
-        return Decision::Ignored(SkipReason::BackendPod);
+    let pod_annotation = |key: &str| annotation(metadata, key);
+    let target = requested(&pod_annotation, workload.as_deref(), input.namespace)
+        .map_err(Early::Skipped)?
+        .ok_or(Early::NotRequested)?;
+    let label = |key: &str| metadata?.get("labels")?.get(key)?.as_str();
+    if label(keys::MANAGED_BY) == Some(keys::MANAGED_BY_VALUE) {
+        return Err(Early::Ignored(SkipReason::BackendPod));
     }
     // The Jaeger operator never injects its own Pods; neither does tracehook.
-    if labels
-        .and_then(|l| l.get(keys::APP_NAME))
-        .and_then(Value::as_str)
-        == Some(keys::JAEGER_OPERATOR_APP)
-    {
-        return Decision::Ignored(SkipReason::JaegerOperatorPod);
+    if label(keys::APP_NAME) == Some(keys::JAEGER_OPERATOR_APP) {
+        return Err(Early::Ignored(SkipReason::JaegerOperatorPod));
     }
+    Ok((target, workload))
+}
+
+/// Step 2: skips that do not depend on what would be injected.
+fn eligible<'a>(input: &Input<'a>) -> Result<PodView<'a>, Early> {
     let namespace = input.namespace.name.as_str();
     if !namespace.is_empty()
         && (keys::SYSTEM_NAMESPACES.contains(&namespace)
             || namespace == input.settings.own_namespace)
     {
-        return skipped(
+        return Err(skipped(
             SkipReason::ExcludedNamespace,
             format!("namespace {namespace} is never injected"),
-        );
+        ));
     }
-    let spec = pod.get("spec").and_then(Value::as_object);
-    let Some(spec) = spec else {
-        return skipped(SkipReason::InvalidPod, "the Pod has no spec");
-    };
+    let metadata = input.pod.get("metadata");
+    let spec = input
+        .pod
+        .get("spec")
+        .and_then(Value::as_object)
+        .ok_or_else(|| skipped(SkipReason::InvalidPod, "the Pod has no spec"))?;
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
-        return skipped(
+        return Err(skipped(
             SkipReason::HostNetwork,
             "the Pod uses hostNetwork: the agent's ports would clash on the node",
-        );
+        ));
     }
     if is_windows(spec) {
-        return skipped(
+        return Err(skipped(
             SkipReason::WindowsPod,
             "the Pod runs on Windows nodes; the sidecar images are Linux only",
-        );
+        ));
     }
-    let containers = match container_list(spec, "containers") {
-        Ok(Some(c)) if !c.is_empty() => c,
-        Ok(_) => return skipped(SkipReason::InvalidPod, "the Pod has no containers"),
-        Err(skip) => return Decision::Skipped(skip),
+    let containers = match container_list(spec, "containers").map_err(Early::Skipped)? {
+        Some(c) if !c.is_empty() => c,
+        _ => return Err(skipped(SkipReason::InvalidPod, "the Pod has no containers")),
     };
-    let init_containers = match container_list(spec, "initContainers") {
-        Ok(c) => c.unwrap_or_default(),
-        Err(skip) => return Decision::Skipped(skip),
+    let init_containers = container_list(spec, "initContainers")
+        .map_err(Early::Skipped)?
+        .unwrap_or_default();
+    let pod = PodView {
+        metadata,
+        spec,
+        containers,
+        init_containers,
     };
-    if let Some(name) = containers
-        .iter()
-        .chain(&init_containers)
+    if let Some(name) = pod
+        .all_containers()
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .find(|n| sidecar::SIDECAR_NAMES.contains(n))
     {
-        return skipped(
+        return Err(skipped(
             SkipReason::ExistingSidecar,
             format!("the Pod already has a container named {name} that tracehook did not add"),
-        );
+        ));
     }
+    Ok(pod)
+}
 
-    let (instance, instance_sidecar) = match instance::resolve(&target, namespace, input.instances)
-    {
-        Ok(found) => found,
-        Err(skip) => return Decision::Skipped(skip),
+/// Step 3: the instance, the flavor, the kind of sidecar, its image and resources.
+fn choose<'a>(input: &Input<'a>, pod: &PodView<'a>, target: &Target) -> Result<Choice<'a>, Early> {
+    let (instance, settings) = instance::resolve(target, &input.namespace.name, input.instances)
+        .map_err(Early::Skipped)?;
+    let flavor = match pod.annotation(keys::SIDECAR_FLAVOR) {
+        Some(value) => Flavor::parse(value).ok_or_else(|| {
+            invalid_annotation(
+                keys::SIDECAR_FLAVOR,
+                value,
+                "jaeger-agent or otel-collector",
+            )
+        })?,
+        None => settings.flavor.unwrap_or(input.settings.default_flavor),
     };
-
-    let flavor = match pod_annotation(keys::SIDECAR_FLAVOR) {
-        Some(value) => match Flavor::parse(value) {
-            Some(f) => f,
-            None => {
-                return invalid_annotation(
-                    keys::SIDECAR_FLAVOR,
-                    value,
-                    "jaeger-agent or otel-collector",
-                );
-            }
-        },
-        None => instance_sidecar
-            .flavor
-            .unwrap_or(input.settings.default_flavor),
-    };
-    let native = match pod_annotation(keys::NATIVE_SIDECAR) {
+    let native = match pod.annotation(keys::NATIVE_SIDECAR) {
         None => input.settings.native_sidecars,
         Some(v) if v.eq_ignore_ascii_case("false") => false,
         Some(v) if v.eq_ignore_ascii_case("true") => input.settings.native_sidecars,
-        Some(v) => return invalid_annotation(keys::NATIVE_SIDECAR, v, "true or false"),
+        Some(v) => return Err(invalid_annotation(keys::NATIVE_SIDECAR, v, "true or false")),
     };
     let default_image = match flavor {
         Flavor::JaegerAgent => &input.settings.jaeger_agent_image,
         Flavor::OtelCollector => &input.settings.otel_collector_image,
     };
-    let image = match pod_annotation(keys::SIDECAR_IMAGE) {
+    let image = match pod.annotation(keys::SIDECAR_IMAGE) {
         Some(v) if is_image(v) => v,
-        Some(v) => return invalid_annotation(keys::SIDECAR_IMAGE, v, "an image reference"),
-        None => instance_sidecar.image.as_deref().unwrap_or(default_image),
+        Some(v) => {
+            return Err(invalid_annotation(
+                keys::SIDECAR_IMAGE,
+                v,
+                "an image reference",
+            ));
+        }
+        None => settings.image.as_deref().unwrap_or(default_image),
     };
-    if let Some(clash) = port_clash(flavor, containers.iter().chain(&init_containers)) {
-        return skipped(SkipReason::PortClash, clash);
+    if let Some(clash) = port_clash(flavor, pod.all_containers()) {
+        return Err(skipped(SkipReason::PortClash, clash));
     }
     // What runs beside the sidecar: the app containers and the sidecars already there.
     let running: Vec<&Value> =
-        containers
+        pod.containers
             .iter()
             .copied()
-            .chain(init_containers.iter().copied().filter(|c| {
+            .chain(pod.init_containers.iter().copied().filter(|c| {
                 env::field(c, "restartPolicy").and_then(Value::as_str) == Some("Always")
             }))
             .collect();
-    let resources = match sidecar_resources(
+    let pod_annotation = |key: &str| pod.annotation(key);
+    let resources = sidecar_resources(
         &input.settings.default_resources,
-        &instance_sidecar.resources,
+        &settings.resources,
         &pod_annotation,
     )
-    .and_then(|r| limits::fit(r, &input.namespace.policy, spec, &running))
-    {
-        Ok(r) => r,
-        Err(skip) => return Decision::Skipped(skip),
-    };
+    .and_then(|r| limits::fit(r, &input.namespace.policy, pod.spec, &running))
+    .map_err(Early::Skipped)?;
+    Ok(Choice {
+        instance,
+        settings,
+        flavor,
+        native,
+        image,
+        resources,
+    })
+}
 
-    let first_name = containers[0]
+/// Step 4: the patch: each app container's variables, the sidecar, the marker.
+fn build(
+    input: &Input<'_>,
+    pod: &PodView<'_>,
+    workload: Option<&Workload>,
+    choice: &Choice<'_>,
+) -> Decision {
+    let namespace = input.namespace.name.as_str();
+    let first_name = pod.containers[0]
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or("app");
-    let service = env::service_name(metadata, workload, first_name);
     let env_plan = env::Plan {
-        service,
+        service: env::service_name(pod.metadata, workload, first_name),
         namespace,
-        flavor,
-        instance: &instance,
+        flavor: choice.flavor,
+        instance: &choice.instance,
         workload,
     };
-
-    let mut agent_tags = BTreeMap::new();
-    if let [only] = containers.as_slice()
-        && let Some(name) = only.get("name").and_then(Value::as_str)
-    {
-        agent_tags.insert("container.name", name.to_owned());
-    }
-    if let Some(w) = workload.filter(|w| !w.name.is_empty()) {
-        agent_tags.insert("deployment.name", w.name.clone());
-    }
-    agent_tags.insert("host.ip", "${HOST_IP:}".to_owned());
-    agent_tags.insert("pod.name", "${POD_NAME:}".to_owned());
-    agent_tags.insert(
-        "pod.namespace",
-        if namespace.is_empty() {
-            "${POD_NAMESPACE:}".to_owned()
-        } else {
-            namespace.to_owned()
-        },
-    );
-    let taken_port_names: Vec<&str> = containers
-        .iter()
-        .chain(&init_containers)
+    let taken_port_names: Vec<&str> = pod
+        .all_containers()
         .filter_map(|c| env::field(c, "ports")?.as_array())
         .flatten()
         .filter_map(|p| env::field(p, "name")?.as_str())
         .collect();
     let container = sidecar::container(&sidecar::Plan {
-        flavor,
-        image,
-        resources: &resources,
-        native,
-        instance: &instance,
-        agent_tags,
-        agent_options: &instance_sidecar.agent_options,
+        flavor: choice.flavor,
+        image: choice.image,
+        resources: &choice.resources,
+        native: choice.native,
+        instance: &choice.instance,
+        agent_tags: sidecar::agent_tags(&pod.containers, workload, namespace),
+        agent_options: &choice.settings.agent_options,
         taken_port_names: &taken_port_names,
     });
 
     let mut patch = PatchBuilder::default();
     let mut warnings = Vec::new();
-    let mut env_added = Map::new();
-    let mut env_kept = Map::new();
-    let mut kept = Vec::new();
-    for (index, c) in containers.iter().enumerate() {
+    let mut marker = marker::Marker::new(&choice.instance, choice.flavor, choice.native);
+    for (index, c) in pod.containers.iter().enumerate() {
         let added = env::for_container(c, &env_plan, input.env_from);
-        let index = index.to_string();
-        if let Some((at, values)) = added.insert {
-            for (offset, value) in values.into_iter().enumerate() {
-                let position = (at + offset).to_string();
-                patch.add(&["spec", "containers", &index, "env", &position], value);
-            }
-        }
-        if let Some((at, value)) = added.replace {
-            let position = at.to_string();
-            patch.replace(
-                &["spec", "containers", &index, "env", &position, "value"],
-                value,
-            );
-        }
-        patch.append(
-            env::field(c, "env"),
-            &["spec", "containers", &index, "env"],
-            added.add,
-        );
-        warnings.extend(added.warning);
+        added.patch(&mut patch, index, env::field(c, "env"));
+        warnings.extend(added.warning.clone());
         let name = env::field(c, "name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if !added.names.is_empty() {
-            let names = added.names.into_iter().map(Value::String).collect();
-            env_added.insert(name.to_owned(), names);
-        }
-        if !added.kept.is_empty() {
-            kept.extend(added.kept.iter().map(|v| format!("{name}: {v}")));
-            let list = added.kept.into_iter().map(Value::String).collect();
-            env_kept.insert(name.to_owned(), list);
-        }
+        marker.container(name, added.names, added.kept);
     }
-    let (list, current) = if native {
-        ("initContainers", spec.get("initContainers"))
+    let (list, current) = if choice.native {
+        ("initContainers", pod.spec.get("initContainers"))
     } else {
-        ("containers", spec.get("containers"))
+        ("containers", pod.spec.get("containers"))
     };
     patch.append(current, &["spec", list], vec![container]);
-
-    let mut status = Map::new();
-    status.insert("instance".to_owned(), instance.to_string().into());
-    status.insert("flavor".to_owned(), flavor.as_str().into());
-    status.insert("containers".to_owned(), json!([flavor.container_name()]));
-    status.insert("native".to_owned(), native.into());
-    status.insert("env".to_owned(), Value::Object(env_added));
-    if !env_kept.is_empty() {
-        // The user's own settings tracehook left alone (where spans go, resources).
-        status.insert("kept".to_owned(), Value::Object(env_kept));
-    }
-    status.insert("version".to_owned(), crate::VERSION.into());
-    let status = serde_json::to_string(&status).expect("a map of strings always serializes");
-    let label = marker_label(&instance.namespace, &instance.name);
-    match metadata {
-        Some(Value::Object(m)) => {
-            patch.insert(
-                m.get("annotations"),
-                &["metadata", "annotations"],
-                keys::STATUS,
-                Value::String(status),
-            );
-            patch.insert(
-                m.get("labels"),
-                &["metadata", "labels"],
-                keys::INJECTED_LABEL,
-                Value::String(label),
-            );
-        }
-        _ => patch.add(
-            &["metadata"],
-            json!({
-                "annotations": {keys::STATUS: status},
-                "labels": {keys::INJECTED_LABEL: label},
-            }),
-        ),
-    }
+    let kept = marker.kept_lines();
+    marker.patch(&mut patch, pod.metadata);
 
     Decision::Injected(Injection {
         patch: patch.build(),
-        instance,
-        flavor,
+        instance: choice.instance.clone(),
+        flavor: choice.flavor,
         warnings,
         kept,
     })
 }
 
-fn skipped(reason: SkipReason, message: impl Into<String>) -> Decision {
-    Decision::Skipped(Skip::new(reason, message))
+fn skipped(reason: SkipReason, message: impl Into<String>) -> Early {
+    Early::Skipped(Skip::new(reason, message))
 }
 
-fn invalid_annotation(key: &str, value: &str, expected: &str) -> Decision {
+fn invalid_annotation(key: &str, value: &str, expected: &str) -> Early {
     skipped(
         SkipReason::InvalidAnnotation,
         format!("annotation {key} has the invalid value {value:?}: expected {expected}"),
@@ -526,10 +518,7 @@ fn sidecar_resources<'a>(
 }
 
 /// A port of the sidecar that a container of the Pod declares too.
-fn port_clash<'a>(
-    flavor: Flavor,
-    containers: impl Iterator<Item = &'a &'a Value>,
-) -> Option<String> {
+fn port_clash<'a>(flavor: Flavor, containers: impl Iterator<Item = &'a Value>) -> Option<String> {
     let ours = sidecar::ports(flavor);
     for c in containers {
         for port in c
@@ -560,14 +549,21 @@ fn port_clash<'a>(
     None
 }
 
+/// The ownerReference with `controller: true` of an object's `metadata` (raw JSON): the
+/// one reader of it, for the engine, the caches and the Events.
+pub fn controller_reference(metadata: Option<&Value>) -> Option<&Value> {
+    metadata?
+        .get("ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+}
+
 /// Without a cache, the workload is read from the controller ownerReference; a
 /// ReplicaSet named `<deployment>-<pod-template-hash>` stands for its Deployment.
 pub fn workload_from_owner_references(metadata: Option<&Value>) -> Option<Workload> {
-    let refs = metadata?.get("ownerReferences")?.as_array()?;
-    let owner = refs
-        .iter()
-        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-        .or_else(|| refs.first())?;
+    let owner = controller_reference(metadata)
+        .or_else(|| metadata?.get("ownerReferences")?.as_array()?.first())?;
     let kind = owner.get("kind")?.as_str()?;
     let name = owner.get("name")?.as_str()?;
     let hash = metadata?
@@ -593,46 +589,11 @@ pub fn workload_from_owner_references(metadata: Option<&Value>) -> Option<Worklo
     })
 }
 
-/// `<namespace>.<instance>`, shortened with a hash to a label value's 63 characters.
-pub fn marker_label(namespace: &str, name: &str) -> String {
-    // An instance in the namespace the output is applied to (offline, not known).
-    let full = if namespace.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{namespace}.{name}")
-    };
-    if full.len() <= 63 {
-        return full;
-    }
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    // Cut on a character boundary: `inject` takes the namespace from the manifest,
-    // which need not be ASCII.
-    let head = full[..full.floor_char_boundary(54)].trim_end_matches(['-', '.']);
-    format!("{head}-{:08x}", hash as u32)
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
-
-    #[test]
-    fn marker_label_fits_a_label_value() {
-        let long = "a".repeat(63);
-        let label = marker_label(&long, &long);
-        assert!(label.len() <= 63, "{label}");
-        assert_ne!(label, marker_label(&long, &"b".repeat(63)));
-        assert_eq!(marker_label("obs", "test"), "obs.test");
-    }
-
-    #[test]
-    fn marker_label_cuts_multi_byte_names_on_a_character_boundary() {
-        let label = marker_label(&format!("a{}", "名".repeat(30)), "test");
-        assert!(label.len() <= 63, "{label}");
-        assert!(label.starts_with("a名"), "{label}");
-    }
 
     #[test]
     fn user_limit_below_the_default_request_lowers_the_request() {
