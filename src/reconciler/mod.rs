@@ -173,7 +173,6 @@ async fn controller(client: Client, ctx: Arc<Context>) {
     .await;
 }
 
-#[instrument(skip(ctx, obj), fields(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
 /// [`reconcile`], counted and timed.
 async fn measured(obj: Arc<Jaeger>, ctx: Arc<Context>) -> Result<Action> {
     let start = std::time::Instant::now();
@@ -183,6 +182,7 @@ async fn measured(obj: Arc<Jaeger>, ctx: Arc<Context>) -> Result<Action> {
     result
 }
 
+#[instrument(skip(ctx, obj), fields(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
 async fn reconcile(obj: Arc<Jaeger>, ctx: Arc<Context>) -> Result<Action> {
     if obj.meta().deletion_timestamp.is_some() {
         // The garbage collector removes the children.
