@@ -46,6 +46,17 @@ enum NativeSidecars {
     False,
 }
 
+impl NativeSidecars {
+    /// `None` for the automatic choice.
+    fn chosen(self) -> Option<bool> {
+        match self {
+            NativeSidecars::Auto => None,
+            NativeSidecars::True => Some(true),
+            NativeSidecars::False => Some(false),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum InjectionScope {
     LabeledNamespaces,
@@ -82,13 +93,13 @@ struct SidecarArgs {
     #[arg(long, default_value = tracehook::inject::DEFAULT_OTEL_COLLECTOR_IMAGE, env = "TRACEHOOK_OTEL_COLLECTOR_IMAGE")]
     otel_collector_image: String,
     /// Default sidecar resources (instances and Pod annotations can override them).
-    #[arg(long, default_value = "10m")]
+    #[arg(long, default_value = tracehook::inject::DEFAULT_CPU_REQUEST)]
     sidecar_cpu_request: String,
-    #[arg(long, default_value = "32Mi")]
+    #[arg(long, default_value = tracehook::inject::DEFAULT_MEMORY_REQUEST)]
     sidecar_memory_request: String,
-    #[arg(long, default_value = "200m")]
+    #[arg(long, default_value = tracehook::inject::DEFAULT_CPU_LIMIT)]
     sidecar_cpu_limit: String,
-    #[arg(long, default_value = "128Mi")]
+    #[arg(long, default_value = tracehook::inject::DEFAULT_MEMORY_LIMIT)]
     sidecar_memory_limit: String,
 }
 
@@ -272,7 +283,7 @@ fn inject(args: InjectArgs) -> Result<()> {
         .as_deref()
         .map(|s| parse_instance(s).map_err(|e| Error::Argument(format!("--instance {e}"))))
         .transpose()?;
-    let native = !matches!(args.native_sidecars, NativeSidecars::False);
+    let native = tracehook::inject::native_sidecars(args.native_sidecars.chosen(), None);
     let options = manifest::Options {
         settings: settings(&args.sidecar, native, ""),
         instance,
@@ -320,7 +331,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let metrics = tracehook::metrics::Metrics::default();
     let mut client = None;
     let (lookup, events, native) = if args.no_cluster {
-        let native = !matches!(args.native_sidecars, NativeSidecars::False);
+        let native = tracehook::inject::native_sidecars(args.native_sidecars.chosen(), None);
         let instances = args
             .instances
             .iter()
@@ -338,12 +349,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         let c = kube::Client::try_default().await?;
         let version = c.apiserver_version().await?;
-        let supports = native_sidecars_supported(&version.major, &version.minor);
-        let native = match args.native_sidecars {
-            NativeSidecars::Auto => supports,
-            NativeSidecars::True => true,
-            NativeSidecars::False => false,
-        };
+        let native = tracehook::inject::native_sidecars(
+            args.native_sidecars.chosen(),
+            Some((&version.major, &version.minor)),
+        );
         tracing::info!(version = %version.git_version, native_sidecars = native, "connected to the API server");
         let events = EventSink::new(c.clone(), std::env::var("POD_NAME").ok());
         client = Some(c.clone());
@@ -453,13 +462,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
     .await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Native sidecars are on by default from Kubernetes 1.29.
-fn native_sidecars_supported(major: &str, minor: &str) -> bool {
-    let digits = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
-    matches!((digits(major), digits(minor)), (Some(1), Some(m)) if m >= 29)
-        || digits(major).is_some_and(|m| m > 1)
 }
 
 async fn shutdown_signal() {

@@ -159,6 +159,26 @@ pub struct Settings {
 }
 
 pub const DEFAULT_JAEGER_AGENT_IMAGE: &str = "jaegertracing/jaeger-agent:1.62.0";
+/// The sidecar's default resources (the `serve` flags' defaults too).
+pub const DEFAULT_CPU_REQUEST: &str = "10m";
+pub const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
+pub const DEFAULT_CPU_LIMIT: &str = "200m";
+pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
+
+/// Whether Pods get a native sidecar: `choice` (`None`: automatic) against the API
+/// server's version, when known. Native sidecars are on by default from 1.29; offline
+/// (`tracehook inject`, `serve --no-cluster`) the automatic choice is native.
+pub fn native_sidecars(choice: Option<bool>, server: Option<(&str, &str)>) -> bool {
+    let digits = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
+    choice.unwrap_or_else(|| match server {
+        None => true,
+        Some((major, minor)) => match (digits(major), digits(minor)) {
+            (Some(1), Some(m)) => m >= 29,
+            (Some(major), _) => major > 1,
+            _ => false,
+        },
+    })
+}
 pub const DEFAULT_OTEL_COLLECTOR_IMAGE: &str = "otel/opentelemetry-collector-contrib:0.140.0";
 
 impl Default for Settings {
@@ -168,10 +188,10 @@ impl Default for Settings {
             otel_collector_image: DEFAULT_OTEL_COLLECTOR_IMAGE.to_owned(),
             default_flavor: Flavor::JaegerAgent,
             default_resources: Resources {
-                cpu_request: Some("10m".to_owned()),
-                memory_request: Some("32Mi".to_owned()),
-                cpu_limit: Some("200m".to_owned()),
-                memory_limit: Some("128Mi".to_owned()),
+                cpu_request: Some(DEFAULT_CPU_REQUEST.to_owned()),
+                memory_request: Some(DEFAULT_MEMORY_REQUEST.to_owned()),
+                cpu_limit: Some(DEFAULT_CPU_LIMIT.to_owned()),
+                memory_limit: Some(DEFAULT_MEMORY_LIMIT.to_owned()),
             },
             native_sidecars: true,
             own_namespace: "tracehook".to_owned(),
@@ -295,5 +315,22 @@ impl Decision {
             Decision::Skipped(_) => "skipped",
             Decision::Injected(_) => "injected",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::native_sidecars;
+
+    #[test]
+    fn native_sidecars_follow_the_api_server_unless_chosen() {
+        assert!(native_sidecars(None, Some(("1", "29"))));
+        assert!(native_sidecars(None, Some(("1", "35+"))));
+        assert!(!native_sidecars(None, Some(("1", "28"))));
+        assert!(native_sidecars(None, Some(("2", "0"))));
+        assert!(!native_sidecars(None, Some(("x", "y"))));
+        assert!(native_sidecars(None, None), "offline: native");
+        assert!(!native_sidecars(Some(false), Some(("1", "35"))));
+        assert!(native_sidecars(Some(true), Some(("1", "28"))));
     }
 }
