@@ -15,6 +15,7 @@ pub mod inject;
 pub mod manifest;
 pub mod metrics;
 pub mod reconciler;
+pub mod serve;
 pub mod server;
 pub mod tls;
 
@@ -33,6 +34,9 @@ pub enum Error {
     /// The certificate Secret was replaced by other replicas every time we read it.
     #[error("the Secret {0} kept changing under us")]
     SecretContended(String),
+    /// One of `serve`'s tasks ended before shutdown.
+    #[error("the {name} stopped: {reason}")]
+    TaskStopped { name: &'static str, reason: String },
     /// A blocking task (key generation) panicked or was cancelled.
     #[error("{what}: {source}")]
     Task {
@@ -68,6 +72,7 @@ impl Error {
             Error::Certificate(_) => "certificate",
             Error::SecretContended(_) => "secret_contended",
             Error::Task { .. } => "task",
+            Error::TaskStopped { .. } => "task_stopped",
             Error::MissingField(..) => "missing_field",
             Error::Io { .. } => "io",
             Error::Manifest(_) => "manifest",

@@ -4,16 +4,10 @@ use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracehook::cluster::certificates::SelfSigned;
-use tracehook::cluster::events::EventSink;
-use tracehook::cluster::{Caches, FixedWorld, Lookup};
 use tracehook::inject::{Flavor, InstanceRef, Settings};
-use tracehook::server::{self, Context};
-use tracehook::tls::{CertFiles, CertResolver};
 use tracehook::{Error, Result, certs, manifest};
 
 #[derive(Parser)]
@@ -327,141 +321,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // One crypto provider for the whole process, chosen here rather than left to
     // whichever crate asks first.
     let _ = rustls::crypto::ring::default_provider().install_default();
-
-    let metrics = tracehook::metrics::Metrics::default();
-    let mut client = None;
-    let (lookup, events, native) = if args.no_cluster {
-        let native = tracehook::inject::native_sidecars(args.native_sidecars.chosen(), None);
-        let instances = args
-            .instances
-            .iter()
-            .map(|r| tracehook::inject::Instance {
-                namespace: r.namespace.clone(),
-                name: r.name.clone(),
-                ..Default::default()
-            })
-            .collect::<Vec<_>>();
-        let world = FixedWorld {
-            instances: instances.into(),
-            ..FixedWorld::default()
-        };
-        (Lookup::Fixed(Arc::new(world)), None, native)
-    } else {
-        let c = kube::Client::try_default().await?;
-        let version = c.apiserver_version().await?;
-        let native = tracehook::inject::native_sidecars(
-            args.native_sidecars.chosen(),
-            Some((&version.major, &version.minor)),
-        );
-        tracing::info!(version = %version.git_version, native_sidecars = native, "connected to the API server");
-        let events = EventSink::new(c.clone(), std::env::var("POD_NAME").ok());
-        client = Some(c.clone());
-        let caches = Arc::new(Caches::start(c.clone()));
-        if !args.no_reconciler {
-            let identity = tracehook::reconciler::identity();
-            // In the default mode the API server never sends the Pods of namespaces
-            // that are not labelled: workloads annotated there are reported instead.
-            let report =
-                matches!(args.injection_scope, InjectionScope::LabeledNamespaces).then(|| {
-                    let (caches, events, namespace) =
-                        (caches.clone(), events.clone(), args.namespace.clone());
-                    Arc::new(move || {
-                        Box::pin(tracehook::cluster::unseen::report(
-                            caches.clone(),
-                            events.clone(),
-                            namespace.clone(),
-                        )) as futures::future::BoxFuture<'static, ()>
-                    }) as tracehook::reconciler::LeaderTask
-                });
-            tokio::spawn(tracehook::reconciler::run(
-                c.clone(),
-                args.namespace.clone(),
-                identity,
-                report,
-                metrics.reconciler.clone(),
-            ));
-        }
-        (Lookup::Live(caches), Some(events), native)
+    let config = tracehook::serve::Config {
+        listen: args.listen,
+        probe_listen: args.probe_listen,
+        tls_files: args.tls_cert_file.zip(args.tls_key_file),
+        service_name: args.service_name,
+        cert_secret: args.cert_secret,
+        webhook_configuration: args.webhook_configuration,
+        cert_validity: args.cert_validity,
+        cert_renew_before: args.cert_renew_before,
+        native_sidecars: args.native_sidecars.chosen(),
+        report_unseen: matches!(args.injection_scope, InjectionScope::LabeledNamespaces),
+        no_cluster: args.no_cluster.then_some(args.instances),
+        webhook: !args.no_webhook,
+        reconciler: !args.no_reconciler,
+        settings: settings(&args.sidecar, true, &args.namespace),
+        namespace: args.namespace,
+        pod_name: std::env::var("POD_NAME").ok(),
     };
-    let mut ctx = Context::new(settings(&args.sidecar, native, &args.namespace), lookup);
-    ctx.events = events;
-    ctx.metrics = metrics;
-    let ctx = Arc::new(ctx);
-
-    let probes = tokio::net::TcpListener::bind(args.probe_listen)
-        .await
-        .map_err(|e| Error::io(format!("binding {}", args.probe_listen), e))?;
-    let probes_router = server::probes_router(ctx.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(probes, probes_router).await {
-            tracing::error!(error = %e, "the probe server stopped");
-        }
-    });
-
-    if args.no_webhook {
-        tracing::info!("webhook disabled (--no-webhook)");
-        shutdown_signal().await;
-        return Ok(());
-    }
-    let names = certs::service_names(&args.service_name, &args.namespace);
-    let resolver = match (&args.tls_cert_file, &args.tls_key_file, client) {
-        (Some(cert), Some(key), _) => {
-            let files = CertFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            };
-            let (c, k) = files.read()?;
-            let resolver = Arc::new(CertResolver::new(&c, &k)?);
-            tokio::spawn(files.watch(resolver.clone(), Duration::from_secs(2)));
-            tracing::info!(cert = %cert.display(), "serving the certificate files (reloaded on change)");
-            resolver
-        }
-        (_, _, Some(client)) => {
-            let mode = SelfSigned {
-                namespace: args.namespace.clone(),
-                secret: args.cert_secret.clone(),
-                webhook_configuration: args.webhook_configuration.clone(),
-                names,
-                validity: args.cert_validity,
-                renew_before: args.cert_renew_before,
-            };
-            let resolver = mode.start(&client).await?;
-            tokio::spawn(mode.maintain(client, resolver.clone()));
-            tracing::info!(secret = %args.cert_secret, "serving the self-signed pair from the Secret");
-            resolver
-        }
-        _ => {
-            let bundle = tokio::task::spawn_blocking(move || {
-                certs::generate(&names, Duration::from_secs(365 * 24 * 3600))
-            })
-            .await
-            .map_err(|source| Error::Task {
-                what: "certificate generation",
-                source,
-            })??;
-            tracing::info!("serving a certificate generated in memory");
-            Arc::new(CertResolver::new(
-                bundle.cert_pem.as_bytes(),
-                bundle.key_pem.as_bytes(),
-            )?)
-        }
-    };
-    let config = tracehook::tls::server_config(resolver)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Error::io(format!("binding {}", args.listen), e))?;
-    tracing::info!(address = %args.listen, probes = %args.probe_listen, "serving POST /mutate over TLS");
-    ctx.serving
-        .store(true, std::sync::atomic::Ordering::Release);
-    server::serve_tls(
-        listener,
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        server::admission_router(ctx),
-        shutdown_signal(),
-    )
-    .await;
-    tracing::info!("stopped");
-    Ok(())
+    tracehook::serve::run(config, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {
