@@ -1,14 +1,14 @@
 //! tracehook: a mutating admission webhook that adds a tracing agent sidecar to Pods
 //! at creation time, and a reconciler for the `Jaeger` backend custom resource.
 //!
-//! Layout: [`inject`] is the pure injection engine (no I/O); [`admission`] turns
-//! AdmissionReviews into engine calls and back; [`server`] and [`tls`] are the HTTP
-//! adapters; [`cluster`] holds the Kubernetes-facing caches; [`reconciler`] provisions
-//! the `Jaeger` backends; [`manifest`] is the `tracehook inject` command's document
+//! Layout: [`inject`] is the pure injection engine (no I/O); [`admission`] is the one
+//! review step from an AdmissionReview to its answer; [`server`] and [`tls`] are the
+//! HTTP adapters, [`serve`] runs them and the rest under one supervisor; [`cluster`]
+//! holds the Kubernetes-facing caches and Events; [`reconciler`] provisions the
+//! `Jaeger` backends; [`manifest`] is the `tracehook inject` command's document
 //! handling.
 
 pub mod admission;
-pub mod certs;
 pub mod cluster;
 pub mod crd;
 pub mod inject;

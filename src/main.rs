@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracehook::inject::{Flavor, InstanceRef, Settings};
-use tracehook::{Error, Result, certs, manifest};
+use tracehook::tls::issue as certs;
+use tracehook::{Error, Result, manifest};
 
 #[derive(Parser)]
 #[command(

@@ -15,14 +15,15 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 
-use crate::cluster::certificates::SelfSigned;
 use crate::cluster::events::EventSink;
 use crate::cluster::{Caches, FixedWorld, Lookup};
 use crate::inject::{Instance, InstanceRef, Settings};
 use crate::metrics::Metrics;
 use crate::server::{self, Context};
+use crate::tls::issue as certs;
+use crate::tls::self_signed::SelfSigned;
 use crate::tls::{CertFiles, CertResolver};
-use crate::{Error, Result, certs};
+use crate::{Error, Result};
 
 /// Everything `serve` is told.
 #[derive(Clone, Debug)]

@@ -29,10 +29,10 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tower::ServiceExt as _;
-use tracehook::certs;
 use tracehook::cluster::{FixedWorld, Lookup};
 use tracehook::inject::{Instance, NamespaceMeta, Settings};
 use tracehook::server::{self, Context};
+use tracehook::tls::issue as certs;
 use tracehook::tls::{self, CertResolver};
 
 const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bad");

@@ -22,10 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tower::ServiceExt as _;
-use tracehook::certs::{self, Bundle};
 use tracehook::cluster::{FixedWorld, Lookup};
 use tracehook::inject::{Instance, NamespaceMeta, Settings};
 use tracehook::server::{self, Context};
+use tracehook::tls::issue::{self as certs, Bundle};
 use tracehook::tls::{self, CertResolver};
 
 /// Namespace `demo` labelled for injection, and one instance, `obs/test`.

@@ -18,10 +18,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracehook::certs;
 use tracehook::cluster::{FixedWorld, Lookup};
 use tracehook::inject::{Instance, NamespaceMeta, Settings};
 use tracehook::server::{self, Context, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
+use tracehook::tls::issue as certs;
 use tracehook::tls::{self, CertResolver};
 
 /// How much later than the server's timeout a connection may be closed.

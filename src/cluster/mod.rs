@@ -3,7 +3,6 @@
 //! API round trip (a just-created owner missing from the cache costs one bounded GET).
 
 pub mod caches;
-pub mod certificates;
 pub mod events;
 pub mod unseen;
 

@@ -21,7 +21,7 @@ pub struct Labeller {
 
 impl Labeller {
     pub async fn start() -> Labeller {
-        let bundle = tracehook::certs::generate(
+        let bundle = tracehook::tls::issue::generate(
             &["127.0.0.1".to_owned()],
             std::time::Duration::from_secs(3600),
         )

@@ -21,8 +21,8 @@ use kube::{Client, ResourceExt as _};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::certs::{self, Bundle, Ca};
 use crate::tls::CertResolver;
+use crate::tls::issue::{self as certs, Bundle, Ca};
 use crate::{Error, Result};
 
 const CA_CERT: &str = "ca.crt";
