@@ -552,43 +552,46 @@ fn watch_policies(
         }
     };
     let on_ranges = rebuild.clone();
-    let range_stream = watcher(
+    spawn_watch(
         Api::<LimitRange>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(|o: &mut LimitRange| o.managed_fields_mut().clear())
-    .reflect(ranges_writer)
-    .for_each(move |event| {
-        match event {
-            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                on_ranges()
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "watch of LimitRanges failed; retrying"),
-        }
-        future::ready(())
-    });
-    let quota_stream = watcher(
+        ranges_writer,
+        "LimitRanges",
+        on_ranges,
+    );
+    spawn_watch(
         Api::<ResourceQuota>::all(client),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(|o: &mut ResourceQuota| o.managed_fields_mut().clear())
-    .reflect(quotas_writer)
-    .for_each(move |event| {
-        match event {
-            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                rebuild()
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "watch of ResourceQuotas failed; retrying"),
-        }
-        future::ready(())
-    });
-    tokio::spawn(range_stream);
-    tokio::spawn(quota_stream);
+        quotas_writer,
+        "ResourceQuotas",
+        rebuild,
+    );
     (ranges, quotas)
+}
+
+/// Watches every object of `api` into `writer` (managedFields dropped), calling
+/// `changed` once the first list is in and after every change.
+fn spawn_watch<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    what: &'static str,
+    changed: impl Fn() + Send + 'static,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .for_each(move |event| {
+            match event {
+                Ok(
+                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
+                ) => changed(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "watch of {what} failed; retrying"),
+            }
+            future::ready(())
+        });
+    tokio::spawn(stream);
 }
 
 /// Argo Rollouts, a CRD that may or may not be installed: their metadata is watched

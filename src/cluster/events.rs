@@ -60,48 +60,18 @@ impl EventSink {
                 ),
             ),
         };
-        self.publish_about(
-            &event.namespace,
-            &event.pod,
-            event.workload.as_ref(),
-            reason,
-            key,
-            &note,
-        );
-    }
-
-    /// A Warning Event on a workload (not rate-limited: callers publish once).
-    pub fn on_workload(&self, reference: ObjectReference, reason: &str, note: &str) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(crate::inject::text::truncate(note, 1024).to_owned()),
-            action: "Inject".into(),
-            secondary: None,
-        };
-        let recorder = self.recorder.clone();
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::warn!(error = %e, "could not publish an Event");
-            }
-        });
-    }
-
-    fn publish_about(
-        &self,
-        namespace: &str,
-        pod: &Value,
-        workload: Option<&Workload>,
-        reason: &str,
-        key: &str,
-        note: &str,
-    ) {
-        let Some(reference) = reference(namespace, pod, workload) else {
+        let Some(reference) = reference(&event.namespace, &event.pod, event.workload.as_ref())
+        else {
             return;
         };
-        if !self.first_in_a_while(&reference, key) {
-            return;
+        if self.first_in_a_while(&reference, key) {
+            self.on_workload(reference, reason, &note);
         }
+    }
+
+    /// A Warning Event on `reference`, in the background (not rate-limited: callers
+    /// that may repeat themselves check [`EventSink::first_in_a_while`]).
+    pub fn on_workload(&self, reference: ObjectReference, reason: &str, note: &str) {
         let event = Event {
             type_: EventType::Warning,
             reason: reason.into(),
