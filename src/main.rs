@@ -53,6 +53,12 @@ impl NativeSidecars {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum InjectionScope {
     LabeledNamespaces,
     AllNamespaces,
@@ -162,8 +168,12 @@ struct ServeArgs {
     no_reconciler: bool,
     #[command(flatten)]
     sidecar: SidecarArgs,
-    /// Log as JSON lines.
-    #[arg(long, env = "TRACEHOOK_LOG_JSON")]
+    /// Log format: text (colour only on a terminal) or json (one object per line, span
+    /// fields as keys, as log pipelines expect).
+    #[arg(long, value_enum, default_value = "text", env = "TRACEHOOK_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Same as --log-format=json (kept for existing installs).
+    #[arg(long, hide = true, env = "TRACEHOOK_LOG_JSON")]
     log_json: bool,
 }
 
@@ -303,22 +313,32 @@ fn write_certs(args: CertsArgs) -> Result<()> {
     Ok(())
 }
 
-fn init_logging(json: bool) {
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        // `kubectl logs` and log shippers read a pipe: colour codes only on a terminal.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
 
 #[tokio::main]
 async fn serve(args: ServeArgs) -> Result<()> {
-    init_logging(args.log_json);
+    init_logging(if args.log_json {
+        LogFormat::Json
+    } else {
+        args.log_format
+    });
     // One crypto provider for the whole process, chosen here rather than left to
     // whichever crate asks first.
     let _ = rustls::crypto::ring::default_provider().install_default();

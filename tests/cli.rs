@@ -535,3 +535,56 @@ fn output_without_a_namespace_is_right_in_any_namespace() {
     assert_eq!(env["JAEGER_SERVICE_NAME"], "myapp.shop");
     assert!(!env.contains_key("POD_NAMESPACE"), "{env:?}");
 }
+
+/// What `tracehook serve --no-cluster --log-format FORMAT` writes to a pipe (as
+/// `kubectl logs` and log shippers read it) until it serves, then stops it.
+fn serve_log(format: &str) -> String {
+    use std::io::{BufRead as _, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("address").port();
+    let probes = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let probe_port = probes.local_addr().expect("address").port();
+    drop((listener, probes));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracehook"))
+        .args(["serve", "--no-cluster", "--log-format", format])
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--probe-listen=127.0.0.1:{probe_port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tracehook serve runs");
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().expect("stderr")).lines() {
+        let line = line.expect("a line");
+        let done = line.contains("serving POST /mutate");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines.join("\n")
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let text = serve_log("text");
+    assert!(text.contains("serving POST /mutate"), "{text}");
+    assert!(!text.contains('\u{1b}'), "ANSI escapes in a pipe:\n{text}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let text = serve_log("json");
+    for line in text.lines() {
+        let object: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            object["level"].is_string() && object["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        text.contains(r#""message":"serving POST /mutate over TLS""#),
+        "{text}"
+    );
+}
