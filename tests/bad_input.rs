@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -21,19 +20,13 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rstest::rstest;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tower::ServiceExt as _;
-use tracehook::cluster::{FixedWorld, Lookup};
-use tracehook::inject::{Instance, NamespaceMeta, Settings};
 use tracehook::server::{self, Context};
-use tracehook::tls::issue as certs;
-use tracehook::tls::{self, CertResolver};
+
+mod common;
+use common::{TlsServer, bundle, client_config, connect, context};
 
 const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bad");
 
@@ -183,26 +176,6 @@ fn generate(g: &Generate) -> Vec<u8> {
     bytes
 }
 
-/// Namespace `demo` labelled for injection, and one instance, `obs/test`.
-fn context() -> Arc<Context> {
-    let mut demo = NamespaceMeta::named("demo");
-    demo.labels
-        .insert("tracehook.dev/injection".into(), "enabled".into());
-    let world = FixedWorld {
-        namespaces: [("demo".to_owned(), demo)].into(),
-        instances: vec![Instance {
-            namespace: "obs".into(),
-            name: "test".into(),
-            ..Instance::default()
-        }]
-        .into(),
-    };
-    Arc::new(Context::new(
-        Settings::default(),
-        Lookup::Fixed(Arc::new(world)),
-    ))
-}
-
 /// Status and body of `POST /mutate` through the router, in memory.
 async fn post_in_memory(ctx: &Arc<Context>, body: Vec<u8>) -> (StatusCode, Bytes) {
     let request = Request::builder()
@@ -343,42 +316,18 @@ async fn bad_review_through_the_router(#[files("tests/data/bad/*.expect.json")] 
 // ------------------------------------------------------------------ real TLS
 
 struct Running {
-    addr: std::net::SocketAddr,
+    server: TlsServer,
     ca_pem: String,
     ctx: Arc<Context>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 async fn start_server() -> Running {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let bundle = certs::generate(
-        &certs::service_names("tracehook", "tracehook"),
-        Duration::from_secs(3600),
-    )
-    .expect("certificates");
-    let resolver = Arc::new(
-        CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
-    );
-    let config = tls::server_config(resolver).expect("server config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
+    let bundle = bundle();
     let ctx = context();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve_tls(
-        listener,
-        TlsAcceptor::from(Arc::new(config)),
-        server::admission_router(ctx.clone()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
     Running {
-        addr,
+        server: TlsServer::start_with(&bundle, ctx.clone()).await,
         ca_pem: bundle.ca_pem,
         ctx,
-        stop,
-        task,
     }
 }
 
@@ -404,17 +353,7 @@ impl Running {
     }
 
     async fn post_once(&self, body: Bytes) -> Result<(StatusCode, Bytes), hyper::Error> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(cert.expect("CA PEM")).expect("a CA certificate");
-        }
-        let mut config = ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = TcpStream::connect(self.addr).await.expect("connect");
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        let tls = connect(self.server.addr, client_config(&self.ca_pem, b"http/1.1"))
             .await
             .expect("TLS handshake");
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -440,11 +379,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the server drains")
-            .expect("the server task ends cleanly");
+        self.server.stop().await;
     }
 }
 

@@ -2,10 +2,8 @@
 //! called in memory with `oneshot`, and the TLS server over a real handshake
 //! (HTTP/1.1 and HTTP/2 by ALPN, TLS 1.2 and 1.3, certificate hot swap).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,39 +12,19 @@ use base64::Engine as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
+use rustls::{ClientConfig, ProtocolVersion, SupportedProtocolVersion};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tower::ServiceExt as _;
-use tracehook::cluster::{FixedWorld, Lookup};
-use tracehook::inject::{Instance, NamespaceMeta, Settings};
 use tracehook::server::{self, Context};
-use tracehook::tls::issue::{self as certs, Bundle};
-use tracehook::tls::{self, CertResolver};
+use tracehook::tls::CertResolver;
+use tracehook::tls::issue::Bundle;
 
-/// Namespace `demo` labelled for injection, and one instance, `obs/test`.
-fn context() -> Arc<Context> {
-    let mut demo = NamespaceMeta::named("demo");
-    demo.labels
-        .insert("tracehook.dev/injection".into(), "enabled".into());
-    let world = FixedWorld {
-        namespaces: [("demo".to_owned(), demo)].into(),
-        instances: vec![Instance {
-            namespace: "obs".into(),
-            name: "test".into(),
-            ..Instance::default()
-        }]
-        .into(),
-    };
-    Arc::new(Context::new(
-        Settings::default(),
-        Lookup::Fixed(Arc::new(world)),
-    ))
-}
+mod common;
+use common::{TlsServer, bundle, connect, context, install_provider, roots};
 
 fn pod() -> Value {
     json!({
@@ -404,53 +382,8 @@ async fn metrics_count_requests_by_outcome() {
 
 // ------------------------------------------------------------------ real TLS
 
-fn install_provider() {
-    // Only the first call installs; later ones find it there.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn bundle() -> Bundle {
-    certs::generate(
-        &certs::service_names("tracehook", "tracehook"),
-        Duration::from_secs(3600),
-    )
-    .expect("certificates")
-}
-
 fn leaf(bundle: &Bundle) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes()).expect("leaf PEM")
-}
-
-struct Running {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(resolver: Arc<CertResolver>) -> Self {
-        let config = tls::server_config(resolver).expect("server config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve_tls(
-            listener,
-            TlsAcceptor::from(Arc::new(config)),
-            server::admission_router(context()),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Self { addr, stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the server drains")
-            .expect("the server task ends cleanly");
-    }
 }
 
 fn client_config(
@@ -458,26 +391,14 @@ fn client_config(
     versions: &[&'static SupportedProtocolVersion],
     alpn: &[u8],
 ) -> ClientConfig {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("CA PEM")).expect("a CA certificate");
-    }
     let mut config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(versions)
             .expect("versions")
-            .with_root_certificates(roots)
+            .with_root_certificates(roots(ca_pem))
             .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     config
-}
-
-async fn connect(addr: SocketAddr, config: ClientConfig) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("localhost").expect("a DNS name");
-    TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
 }
 
 fn mutate_request(uri: &str, uid: &str) -> Request<Full<Bytes>> {
@@ -543,7 +464,7 @@ async fn tls_http1_and_http2_by_alpn() {
     let resolver = Arc::new(
         CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
     );
-    let server = Running::start(resolver).await;
+    let server = TlsServer::start(resolver, context()).await;
 
     let tls = connect(
         server.addr,
@@ -574,7 +495,7 @@ async fn tls12_only_client_is_served() {
     let resolver = Arc::new(
         CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
     );
-    let server = Running::start(resolver).await;
+    let server = TlsServer::start(resolver, context()).await;
 
     let tls12 = &[&rustls::version::TLS12][..];
     let tls = connect(
@@ -606,7 +527,7 @@ async fn swapped_certificate_is_presented_on_the_next_handshake() {
     let resolver = Arc::new(
         CertResolver::new(first.cert_pem.as_bytes(), first.key_pem.as_bytes()).expect("resolver"),
     );
-    let server = Running::start(resolver.clone()).await;
+    let server = TlsServer::start(resolver.clone(), context()).await;
 
     let tls = connect(server.addr, client_config(&first.ca_pem, BOTH, b"http/1.1"))
         .await

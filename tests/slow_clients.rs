@@ -3,26 +3,20 @@
 //! while they try.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracehook::cluster::{FixedWorld, Lookup};
-use tracehook::inject::{Instance, NamespaceMeta, Settings};
-use tracehook::server::{self, Context, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
-use tracehook::tls::issue as certs;
-use tracehook::tls::{self, CertResolver};
+use tracehook::server::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
+
+mod common;
+use common::{TlsServer, bundle, client_config, connect, context};
 
 /// How much later than the server's timeout a connection may be closed.
 const SLACK: Duration = Duration::from_secs(5);
@@ -30,69 +24,22 @@ const SLACK: Duration = Duration::from_secs(5);
 struct Running {
     addr: SocketAddr,
     ca_pem: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    server: TlsServer,
 }
 
 async fn start() -> Running {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let bundle = certs::generate(
-        &certs::service_names("tracehook", "tracehook"),
-        Duration::from_secs(3600),
-    )
-    .expect("certificates");
-    let resolver = Arc::new(
-        CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
-    );
-    let config = tls::server_config(resolver).expect("server config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let mut demo = NamespaceMeta::named("demo");
-    demo.labels
-        .insert("tracehook.dev/injection".into(), "enabled".into());
-    let world = FixedWorld {
-        namespaces: [("demo".to_owned(), demo)].into(),
-        instances: vec![Instance {
-            namespace: "obs".into(),
-            name: "test".into(),
-            ..Instance::default()
-        }]
-        .into(),
-    };
-    let ctx = Arc::new(Context::new(
-        Settings::default(),
-        Lookup::Fixed(Arc::new(world)),
-    ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve_tls(
-        listener,
-        TlsAcceptor::from(Arc::new(config)),
-        server::admission_router(ctx),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let bundle = bundle();
+    let server = TlsServer::start_with(&bundle, context()).await;
     Running {
-        addr,
+        addr: server.addr,
         ca_pem: bundle.ca_pem,
-        stop,
-        task,
+        server,
     }
 }
 
 impl Running {
     async fn tls(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(cert.expect("CA PEM")).expect("a CA certificate");
-        }
-        let mut config = ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = TcpStream::connect(self.addr).await.expect("connect");
-        TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        connect(self.addr, client_config(&self.ca_pem, alpn))
             .await
             .expect("TLS handshake")
     }
@@ -112,11 +59,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("the server drains")
-            .expect("the server task ends cleanly");
+        self.server.stop_within(Duration::from_secs(20)).await;
     }
 }
 
