@@ -588,3 +588,16 @@ fn json_logs_are_one_object_per_line() {
         "{text}"
     );
 }
+
+#[test]
+fn large_floats_read_back_the_same() {
+    // Found by fuzzing: `11e32` came out as 1.1000000000000001e+33 (the float parsed back
+    // from its text one ULP off), which read back as 1.1e+33.
+    let input = "apiVersion: example.com/v1\nkind: Thing\nmetadata: {name: t}\nspec: {a: 11e32, b: 3.3e-7, c: 0.1}\n";
+    let first = tracehook(&["inject", "-f", "-"], input);
+    assert!(first.status.success());
+    let text = String::from_utf8(first.stdout).expect("utf-8");
+    assert!(text.contains("1.1e+33"), "{text}");
+    let second = tracehook(&["inject", "-f", "-"], &text);
+    assert_eq!(String::from_utf8(second.stdout).expect("utf-8"), text);
+}

@@ -372,7 +372,15 @@ pub fn json_number(f: f64) -> Option<Number> {
     } else {
         format!("{f}")
     };
-    serde_json::from_str(&text).ok()
+    // The text decides integer or float, as Go's encoding/json prints it; a float keeps
+    // `f` itself (parsing the text back can land one ULP off, and the output would then
+    // not read back the same: found by fuzzing with `11e32`).
+    let number: Number = serde_json::from_str(&text).ok()?;
+    if number.is_f64() {
+        Number::from_f64(f)
+    } else {
+        Some(number)
+    }
 }
 
 /// Go's `strconv.FormatFloat(f, 'g', -1, 32)`, as sigs.k8s.io/yaml turns a float key
