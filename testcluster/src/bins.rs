@@ -51,9 +51,21 @@ pub fn binaries() -> Result<PathBuf> {
 /// Runs `tests/cluster/build.sh ARGS`, stderr streamed to ours; returns the last
 /// stdout line (the bin directory).
 pub fn run_build_script(args: &[&str]) -> Result<PathBuf> {
-    let script = build_script();
+    run_script(
+        &build_script(),
+        args,
+        &format!(
+            "Set {BIN_ENV} to a directory with {} to use other binaries",
+            REQUIRED_BINARIES.join(", ")
+        ),
+    )
+}
+
+/// Runs the build script `script ARGS`, stderr streamed to ours; returns the last
+/// stdout line (its output directory). `hint` ends the error message.
+pub(crate) fn run_script(script: &Path, args: &[&str], hint: &str) -> Result<PathBuf> {
     let mut child = Command::new("bash")
-        .arg(&script)
+        .arg(script)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -71,10 +83,8 @@ pub fn run_build_script(args: &[&str]) -> Result<PathBuf> {
     let status = child.wait().context("waiting for build.sh")?;
     if !status.success() {
         bail!(
-            "{} failed ({status}); its progress and error are above. \
-             Set {BIN_ENV} to a directory with {} to use other binaries",
-            script.display(),
-            REQUIRED_BINARIES.join(", ")
+            "{} failed ({status}); its progress and error are above. {hint}",
+            script.display()
         );
     }
     if last.is_empty() {

@@ -26,9 +26,17 @@
 //! `cargo xtask cluster up` starts the same cluster detached ([`Cluster::start_detached`]:
 //! `setsid`, no death signal, state and a pid file in a directory you choose) and
 //! `cargo xtask cluster down` stops it ([`stop_detached`]).
+//!
+//! # A real node
+//! `Options { real_node: true, .. }` adds a real node beside kwok's (kubelet, containerd,
+//! CNI bridge, kube-proxy, CoreDNS; root only, one per machine); Pods then run for real
+//! on [`REAL_NODE_NAME`]. See [`node`] for scheduling, network isolation, the
+//! machine-wide lock, the teardown and the detached mode; [`cleanup_real_node`] removes
+//! what a killed run left.
 
 mod bins;
 mod certs;
+pub mod node;
 mod process;
 
 use std::collections::BTreeMap;
@@ -51,6 +59,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 pub use bins::{
     BIN_ENV, REQUIRED_BINARIES, binaries, build_script, check_bin_dir, run_build_script,
 };
+pub use node::{
+    BRIDGE, GUARD_TABLE, KWOK_TAINT, LOCK_PATH, NODE_DIR_ENV, NodeComponent, POD_CIDR,
+    REAL_NODE_IP, REAL_NODE_LABEL, REAL_NODE_NAME, RealNodeInfo, SERVICE_CIDR, STATE_ROOT,
+    cleanup_real_node, detached_node_pids, guard_drops, node_dir, real_node_leftovers,
+};
 pub use process::Component;
 use process::{Mode, Spawner};
 
@@ -71,6 +84,9 @@ pub struct Options {
     /// Extra kube-apiserver flags, appended after ours (a later flag wins), e.g.
     /// `--audit-log-path=...`.
     pub apiserver_args: Vec<String>,
+    /// Also run a real node ([`REAL_NODE_NAME`]; needs root and `tests/node/build.sh`'s
+    /// output, see [`node_dir`]). The kwok node stays, tainted [`KWOK_TAINT`].
+    pub real_node: bool,
 }
 
 impl Default for Options {
@@ -79,6 +95,7 @@ impl Default for Options {
             bin_dir: None,
             timeout: Duration::from_secs(120),
             apiserver_args: Vec::new(),
+            real_node: false,
         }
     }
 }
@@ -123,6 +140,9 @@ pub struct Detached {
     pub api_url: String,
     pub bin_dir: PathBuf,
     pub pids: Vec<(Component, u32)>,
+    /// The real node's processes (empty without `Options::real_node`; also in
+    /// `dir/node-pids`, see [`detached_node_pids`]).
+    pub node_pids: Vec<(NodeComponent, u32)>,
     pub startup: Duration,
 }
 
@@ -140,6 +160,10 @@ pub struct Cluster {
     /// Whether dropping kills the children (false once a detached start succeeded).
     owns_children: bool,
     started: Instant,
+    /// The real node (`Options::real_node`), torn down first by `shutdown`.
+    node: Mutex<Option<std::sync::Arc<node::RealNode>>>,
+    /// Pids started by `spawn_attached` (a real node's teardown stops them first).
+    attached: Mutex<Vec<u32>>,
     // Dropped last: joined after the children are gone.
     spawner: Spawner,
 }
@@ -181,12 +205,14 @@ impl Cluster {
             .iter()
             .map(|(c, child)| (*c, child.id()))
             .collect();
+        let node_pids = detached_node_pids(&cluster.dir)?;
         Ok(Detached {
             dir: cluster.dir.clone(),
             kubeconfig: cluster.kubeconfig_path(),
             api_url: cluster.api_url.clone(),
             bin_dir: cluster.bin_dir.clone(),
             pids,
+            node_pids,
             startup: cluster.started.elapsed(),
         })
     }
@@ -217,14 +243,22 @@ impl Cluster {
             children: Mutex::new(BTreeMap::new()),
             owns_children: true,
             started,
+            node: Mutex::new(None),
+            attached: Mutex::new(Vec::new()),
             spawner: Spawner::new()?,
         };
         cluster.write_files()?;
+        if cluster.opts.real_node {
+            node::prepare(&cluster)?;
+        }
         progress(
             started,
             format_args!("starting control plane in {}", cluster.dir.display()),
         );
         block_on(cluster.boot())?;
+        if cluster.opts.real_node {
+            block_on(node::start(&cluster))?;
+        }
         progress(
             started,
             format_args!("cluster ready at {}", cluster.api_url),
@@ -351,6 +385,9 @@ impl Cluster {
                     // SIGKILL deadline. Requests during shutdown get a Retry-After.
                     "--shutdown-send-retry-after=true".into(),
                 ];
+                if self.opts.real_node {
+                    a.extend(node::apiserver_args(self));
+                }
                 a.extend(self.opts.apiserver_args.iter().cloned());
                 a
             }
@@ -602,8 +639,12 @@ impl Cluster {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new(self.bin_dir.join("kubectl"));
+        // Its discovery cache in the cluster's directory, not ~/.kube/cache (which
+        // would keep one entry per cluster ever started).
         cmd.arg("--kubeconfig")
             .arg(self.kubeconfig_path())
+            .arg("--cache-dir")
+            .arg(self.dir.join("kube-cache"))
             .args(args);
         cmd
     }
@@ -619,9 +660,15 @@ impl Cluster {
         }
         process::configure(&mut cmd, Mode::Attached, log)?;
         let program = cmd.get_program().to_string_lossy().into_owned();
-        self.spawner
+        let child = self
+            .spawner
             .spawn(cmd)
-            .with_context(|| format!("starting {program}"))
+            .with_context(|| format!("starting {program}"))?;
+        self.attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
+        Ok(child)
     }
 
     /// The API server's `gitVersion` (`v1.35.4` for the pinned build).
@@ -742,6 +789,11 @@ impl Cluster {
     /// Kills every process and removes the temporary directory (also what `Drop`
     /// does). Set `TESTCLUSTER_KEEP_DIR=1` to keep the directory for its logs.
     fn shutdown(&self, grace: Duration) {
+        // A real node first (needs the API server to delete its Pods), swept last.
+        let node = self.node.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(n) = &node {
+            node::drain(self, n, grace);
+        }
         // etcd last, so the API server doesn't spend its shutdown retrying it.
         let (etcd, others): (Vec<(Component, Child)>, Vec<_>) =
             std::mem::take(&mut *self.lock_children())
@@ -749,6 +801,9 @@ impl Cluster {
                 .partition(|(c, _)| *c == Component::Etcd);
         process::terminate_all(others, grace);
         process::terminate_all(etcd, grace);
+        if let Some(n) = node {
+            node::finish(n);
+        }
         let temp = self.temp.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(temp) = temp
             && std::env::var_os("TESTCLUSTER_KEEP_DIR").is_some()
@@ -840,6 +895,7 @@ pub fn stop_detached(dir: &Path) -> Result<usize> {
     }
     let marker = dir.canonicalize()?.display().to_string();
     let live = detached_pids(dir)?;
+    let node = node::stop_detached_node(dir, &live, &marker);
     // etcd last, so the API server doesn't spend its shutdown retrying it.
     let pids_where = |etcd: bool| -> Vec<u32> {
         live.iter()
@@ -850,8 +906,11 @@ pub fn stop_detached(dir: &Path) -> Result<usize> {
     for pids in [pids_where(false), pids_where(true)] {
         terminate_pids(&pids, &marker, Duration::from_secs(10));
     }
+    if node.is_some() {
+        node::sweep_detached(&marker)?;
+    }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    Ok(live.len())
+    Ok(live.len() + node.unwrap_or(0))
 }
 
 /// SIGTERM `pids`, wait up to `grace` for them to go, SIGKILL the rest (only pids whose

@@ -184,7 +184,7 @@ pub fn sigterm(pid: u32) {
 }
 
 /// SIGTERM every child, give them `grace` to exit, SIGKILL the rest, reap all.
-pub fn terminate_all(children: Vec<(Component, Child)>, grace: Duration) {
+pub fn terminate_all<K>(children: Vec<(K, Child)>, grace: Duration) {
     let mut left = children;
     for (_, c) in &left {
         sigterm(c.id());

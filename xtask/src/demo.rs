@@ -43,7 +43,7 @@ pub fn up() -> Result<()> {
         started,
         "starting the local control plane (first run builds it from Go modules: ~5 min)",
     );
-    crate::up()?;
+    crate::up(false)?;
     let kubeconfig = state_dir().join("kubeconfig");
     let bin = testcluster::binaries()?;
     let kubectl = |args: &[&str]| {

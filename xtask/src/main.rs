@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask cluster build [--regenerate]   build the control-plane binaries (tests/cluster/build.sh)
-//! cargo xtask cluster up                     start a local cluster in target/cluster/ and return when ready
+//! cargo xtask cluster up [--real-node]        start a local cluster in target/cluster/ and return when ready
 //! cargo xtask cluster status                 is it up?
 //! cargo xtask cluster down                   stop it and remove target/cluster/
 //! cargo xtask demo                           the demo: cluster, tracehook, HotROD, the injected Pod
@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use testcluster::{Cluster, Component, Options};
 
-const USAGE: &str = "usage: cargo xtask cluster <build [--regenerate] | up | status | down> | cargo xtask demo [down]";
+const USAGE: &str = "usage: cargo xtask cluster <build [--regenerate] | up [--real-node] | status | down> | cargo xtask demo [down]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,7 +28,8 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["cluster", "build"] => build(&[]),
         ["cluster", "build", "--regenerate"] => build(&["--regenerate"]),
-        ["cluster", "up"] => up(),
+        ["cluster", "up"] => up(false),
+        ["cluster", "up", "--real-node"] => up(true),
         ["cluster", "status"] => status(),
         ["cluster", "down"] => down(),
         ["demo"] => demo::up(),
@@ -69,7 +70,9 @@ fn build(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn up() -> Result<()> {
+/// `real_node`: a real kubelet, containerd, CNI, kube-proxy and CoreDNS beside kwok
+/// (root; binaries and images from tests/node/build.sh).
+fn up(real_node: bool) -> Result<()> {
     let dir = state_dir();
     let live = testcluster::detached_pids(&dir)?;
     if live.len() == Component::ALL.len() {
@@ -87,7 +90,13 @@ fn up() -> Result<()> {
         eprintln!("removing stale cluster state in {}", dir.display());
         std::fs::remove_dir_all(&dir)?;
     }
-    let up = Cluster::start_detached(&dir, Options::default())?;
+    let up = Cluster::start_detached(
+        &dir,
+        Options {
+            real_node,
+            ..Options::default()
+        },
+    )?;
     println!(
         "cluster up in {:.1}s at {} ({})",
         up.startup.as_secs_f64(),
