@@ -43,6 +43,13 @@ fn bookinfo_like(name: &str, replicas: i32) -> Deployment {
     }))
 }
 
+async fn create_deployment(client: &Client, ns: &str, deployment: &Deployment) {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), deployment)
+        .await
+        .expect("deployment");
+}
+
 async fn limit_range(client: &Client, ns: &str, name: &str, limits: Value) {
     let range: LimitRange =
         from_json(json!({"metadata": {"name": name}, "spec": {"limits": limits}}));
@@ -121,10 +128,7 @@ async fn a_limit_range_max_below_the_default_limit_no_longer_blocks_pods() {
     .await;
     until_the_webhook_sees_it(&client, ns, &pod("probe", json!({})), true).await;
 
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &bookinfo_like("details", 2))
-        .await
-        .expect("deployment");
+    create_deployment(&client, ns, &bookinfo_like("details", 2)).await;
     // Before the fix: 0 of 2 Pods, the ReplicaSet retrying "maximum cpu usage per
     // Container is 150m, but limit is 200m".
     let pods = wait_for_pods(&client, ns, "app=details", 2).await;
@@ -169,10 +173,7 @@ async fn a_max_limit_request_ratio_is_met_by_raising_the_request() {
             .as_ref()
             .and_then(|s| s.containers[0].resources.clone());
     }
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &ratings)
-        .await
-        .expect("deployment");
+    create_deployment(&client, ns, &ratings).await;
     let pods = wait_for_pods(&client, ns, "app=ratings", 1).await;
     let r = sidecar_resources(&pods[0]);
     assert_eq!(r["requests"]["cpu"], "20m", "{r}");
@@ -236,10 +237,7 @@ async fn a_resource_quota_without_room_for_the_sidecar_skips_naming_it() {
             "resources": {"requests": {"cpu": "95m"}}}]}
     }));
     until_the_webhook_sees_it(&client, ns, &probe, false).await;
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &app)
-        .await
-        .expect("deployment");
+    create_deployment(&client, ns, &app).await;
     // 95m fits the quota, 95m + the sidecar's 10m would not: the Pod is created.
     let pods = wait_for_pods(&client, ns, "app=api", 1).await;
     assert!(!is_injected(&pods[0]), "admitted without the sidecar");
@@ -277,10 +275,7 @@ async fn a_partial_injection_is_an_event_on_the_workload() {
             }
         }
     }));
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &app)
-        .await
-        .expect("deployment");
+    create_deployment(&client, ns, &app).await;
     let pods = wait_for_pods(&client, ns, "app=shop", 3).await;
     assert!(pods.iter().all(is_injected), "the sidecar is there");
     let events = skip_events(&client, ns, "InjectionPartial").await;
@@ -380,10 +375,7 @@ async fn a_workload_annotated_in_a_namespace_that_is_not_labelled_is_reported() 
         )]
         .into(),
     );
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("deployment");
+    create_deployment(&client, ns, &deployment).await;
     let events = skip_events(&client, ns, "InjectionNotEnabled").await;
     let event = &events[0];
     let regarding = event.regarding.as_ref().expect("regarding");
