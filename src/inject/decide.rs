@@ -272,9 +272,9 @@ fn build(
     let mut warnings = Vec::new();
     let mut marker = marker::Marker::new(&choice.instance, choice.flavor, choice.native);
     for (index, c) in pod.containers.iter().enumerate() {
-        let added = env::for_container(c, &env_plan, input.env_from);
+        let mut added = env::for_container(c, &env_plan, input.env_from);
         added.patch(&mut patch, index, env::field(c, "env"));
-        warnings.extend(added.warning.clone());
+        warnings.extend(added.warning);
         let name = env::field(c, "name")
             .and_then(Value::as_str)
             .unwrap_or_default();

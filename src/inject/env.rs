@@ -39,29 +39,26 @@ pub struct ContainerEnv {
 }
 
 impl ContainerEnv {
-    /// Adds what app container `index` gets to `patch` (`env` is its current `env`).
-    pub fn patch(&self, patch: &mut PatchBuilder, index: usize, env: Option<&Value>) {
+    /// Moves what app container `index` gets into `patch` (`env` is its current `env`).
+    pub fn patch(&mut self, patch: &mut PatchBuilder, index: usize, env: Option<&Value>) {
         let index = index.to_string();
-        if let Some((at, values)) = &self.insert {
-            for (offset, value) in values.iter().enumerate() {
+        if let Some((at, values)) = self.insert.take() {
+            for (offset, value) in values.into_iter().enumerate() {
                 let position = (at + offset).to_string();
-                patch.add(
-                    &["spec", "containers", &index, "env", &position],
-                    value.clone(),
-                );
+                patch.add(&["spec", "containers", &index, "env", &position], value);
             }
         }
-        if let Some((at, value)) = &self.replace {
+        if let Some((at, value)) = self.replace.take() {
             let position = at.to_string();
             patch.replace(
                 &["spec", "containers", &index, "env", &position, "value"],
-                value.clone(),
+                value,
             );
         }
         patch.append(
             env,
             &["spec", "containers", &index, "env"],
-            self.add.clone(),
+            std::mem::take(&mut self.add),
         );
     }
 }
