@@ -96,8 +96,7 @@ fn request<'a>(input: &Input<'a>) -> Result<(Target, Option<Cow<'a, Workload>>),
         Some(w) => Some(Cow::Borrowed(w)),
         None => workload_from_owner_references(metadata).map(Cow::Owned),
     };
-    let pod_annotation = |key: &str| annotation(metadata, key);
-    let target = requested(&pod_annotation, workload.as_deref(), input.namespace)
+    let target = requested(metadata, workload.as_deref(), input.namespace)
         .map_err(Early::Skipped)?
         .ok_or(Early::NotRequested)?;
     let label = |key: &str| metadata?.get("labels")?.get(key)?.as_str();
@@ -244,12 +243,13 @@ fn build(
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or("app");
+    let resource_attributes = env::resource_attributes(namespace, workload);
     let env_plan = env::Plan {
         service: env::service_name(pod.metadata, workload, first_name),
         namespace,
         flavor: choice.flavor,
         instance: &choice.instance,
-        workload,
+        attributes: &resource_attributes,
     };
     let taken_port_names: Vec<&str> = pod
         .all_containers()
@@ -265,6 +265,8 @@ fn build(
         instance: &choice.instance,
         agent_tags: sidecar::agent_tags(&pod.containers, workload, namespace),
         agent_options: &choice.settings.agent_options,
+        resource_attributes: &resource_attributes,
+        token_mount: sidecar::token_mount(&pod.containers),
         taken_port_names: &taken_port_names,
     });
 
@@ -309,53 +311,106 @@ fn invalid_annotation(key: &str, value: &str, expected: &str) -> Early {
     )
 }
 
+/// Where an injection request was found: the most specific level that speaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub level: Level,
+    /// The annotation or label key.
+    pub key: &'static str,
+    pub value: String,
+}
+
+/// The levels an injection request is read from, most specific first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Pod,
+    Workload,
+    NamespaceAnnotation,
+    NamespaceLabel,
+}
+
+impl Level {
+    /// How a sentence names it.
+    pub fn place(self) -> &'static str {
+        match self {
+            Level::Pod => "the Pod",
+            Level::Workload => "the owning workload",
+            Level::NamespaceAnnotation => "the Namespace",
+            Level::NamespaceLabel => "the Namespace label",
+        }
+    }
+}
+
+/// The level that decides whether injection is requested, by precedence (Pod, owning
+/// workload, Namespace annotation, Namespace label), or `None` when none speaks. What
+/// it says is read by [`decide`]; `tracehook explain` shows it.
+pub fn origin(
+    pod_metadata: Option<&Value>,
+    workload: Option<&Workload>,
+    namespace: &super::NamespaceMeta,
+) -> Option<Origin> {
+    let found = |level, map_get: &dyn Fn(&str) -> Option<String>| {
+        [keys::INJECT, keys::JAEGER_OPERATOR_INJECT]
+            .into_iter()
+            .find_map(|key| {
+                Some(Origin {
+                    level,
+                    key,
+                    value: map_get(key)?,
+                })
+            })
+    };
+    found(Level::Pod, &|k| {
+        annotation(pod_metadata, k).map(str::to_owned)
+    })
+    .or_else(|| {
+        let w = workload?;
+        found(Level::Workload, &|k| w.annotations.get(k).cloned())
+    })
+    .or_else(|| {
+        found(Level::NamespaceAnnotation, &|k| {
+            namespace.annotations.get(k).cloned()
+        })
+    })
+    .or_else(|| {
+        Some(Origin {
+            level: Level::NamespaceLabel,
+            key: keys::INJECTION_LABEL,
+            value: namespace.labels.get(keys::INJECTION_LABEL)?.clone(),
+        })
+    })
+}
+
 /// The injection request by precedence, most specific first: Pod, owning workload,
 /// Namespace annotation, Namespace label. `None` when nothing asks, or the most
 /// specific level that speaks says `false`/`disabled`.
-fn requested<'a>(
-    pod_annotation: &dyn Fn(&str) -> Option<&'a str>,
+fn requested(
+    pod_metadata: Option<&Value>,
     workload: Option<&Workload>,
     namespace: &super::NamespaceMeta,
 ) -> Result<Option<Target>, Skip> {
-    let levels: [(&str, Option<&str>); 3] = [
-        (
-            "the Pod",
-            pod_annotation(keys::INJECT).or_else(|| pod_annotation(keys::JAEGER_OPERATOR_INJECT)),
-        ),
-        (
-            "the owning workload",
-            workload.and_then(|w| annotation_of(&w.annotations)),
-        ),
-        ("the Namespace", annotation_of(&namespace.annotations)),
-    ];
-    for (place, value) in levels {
-        if let Some(value) = value {
-            return parse_request(value).map_err(|()| {
-                Skip::new(
-                    SkipReason::InvalidAnnotation,
-                    format!(
-                        "the injection annotation on {place} has the invalid value {value:?}: expected true, false, <instance> or <namespace>/<instance>"
-                    ),
-                )
-            });
-        }
+    match origin(pod_metadata, workload, namespace) {
+        Some(origin) => target(&origin),
+        None => Ok(None),
     }
-    Ok(
-        match namespace
-            .labels
-            .get(keys::INJECTION_LABEL)
-            .map(String::as_str)
-        {
-            Some("enabled") => Some(Target::Any),
-            _ => None,
-        },
-    )
 }
 
-fn annotation_of(map: &BTreeMap<String, String>) -> Option<&str> {
-    map.get(keys::INJECT)
-        .or_else(|| map.get(keys::JAEGER_OPERATOR_INJECT))
-        .map(String::as_str)
+/// What `origin` asks for: `None` for `false` (or a label other than `enabled`); a
+/// value that is not a request is a skip.
+pub fn target(origin: &Origin) -> Result<Option<Target>, Skip> {
+    if origin.level == Level::NamespaceLabel {
+        return Ok((origin.value == "enabled").then_some(Target::Any));
+    }
+    parse_request(&origin.value).map_err(|()| {
+        Skip::new(
+            SkipReason::InvalidAnnotation,
+            format!(
+                "the injection annotation on {} has the invalid value {:?}: expected true, false, <instance> or <namespace>/<instance>",
+                origin.level.place(),
+                origin.value
+            ),
+        )
+    })
 }
 
 fn parse_request(value: &str) -> Result<Option<Target>, ()> {

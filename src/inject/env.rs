@@ -16,7 +16,8 @@ pub struct Plan<'a> {
     pub namespace: &'a str,
     pub flavor: Flavor,
     pub instance: &'a InstanceRef,
-    pub workload: Option<&'a Workload>,
+    /// [`resource_attributes`] of the Pod.
+    pub attributes: &'a [String],
 }
 
 /// The variables one container gets.
@@ -207,12 +208,7 @@ pub(crate) fn field<'v>(value: &'v Value, key: &str) -> Option<&'v Value> {
 pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys) -> ContainerEnv {
     let existing = Existing::read(container, env_from);
     let mut out = ContainerEnv::default();
-    // Unknown offline: the namespace the Pod runs in, from the downward API.
-    let namespace = if plan.namespace.is_empty() {
-        "$(POD_NAMESPACE)"
-    } else {
-        plan.namespace
-    };
+    let namespace = namespace_or_downward(plan.namespace);
 
     let mut wanted: Vec<(&str, Value)> = Vec::with_capacity(10);
     if plan.namespace.is_empty() && !existing.is_set("POD_NAMESPACE") {
@@ -228,7 +224,7 @@ pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys)
     ]);
     wanted.extend(otlp(&existing, plan, &mut out.kept));
 
-    let attributes = resource_attributes(namespace, plan.workload);
+    let attributes = plan.attributes;
     let helpers = [
         ("POD_NAME", "metadata.name"),
         ("POD_UID", "metadata.uid"),
@@ -252,7 +248,7 @@ pub fn for_container(container: &Value, plan: &Plan<'_>, env_from: &EnvFromKeys)
         Some((index, entry)) => {
             out.kept.push("OTEL_RESOURCE_ATTRIBUTES".to_owned());
             if let Some(user) = field(entry, "value").and_then(Value::as_str) {
-                merge_attributes(&mut out, index, user, &attributes, missing_helpers());
+                merge_attributes(&mut out, index, user, attributes, missing_helpers());
             }
         }
     }
@@ -326,9 +322,21 @@ fn otlp(
     vars
 }
 
+/// The Pod's namespace, or where it is unknown (offline) the namespace the Pod runs
+/// in, from the downward API (`$(POD_NAMESPACE)`, expanded by the kubelet).
+fn namespace_or_downward(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        "$(POD_NAMESPACE)"
+    } else {
+        namespace
+    }
+}
+
 /// tracehook's resource attributes (OpenTelemetry's Kubernetes semantic conventions),
-/// as `key=value`.
-fn resource_attributes(namespace: &str, workload: Option<&Workload>) -> Vec<String> {
+/// as `key=value`, with `$(POD_NAME)`, `$(POD_UID)` and `$(NODE_NAME)` (and
+/// `$(POD_NAMESPACE)` offline) for the kubelet to expand.
+pub(crate) fn resource_attributes(namespace: &str, workload: Option<&Workload>) -> Vec<String> {
+    let namespace = namespace_or_downward(namespace);
     let mut attributes = vec![
         format!("k8s.namespace.name={namespace}"),
         "k8s.pod.name=$(POD_NAME)".to_owned(),

@@ -211,6 +211,26 @@ fn resolve_known<'a>(
     }
 }
 
+/// Why `target` resolved to `found` for a Pod in `pod_namespace`, as a sentence
+/// (`tracehook explain`).
+pub fn why(target: &Target, pod_namespace: &str, found: &InstanceRef) -> String {
+    match target {
+        Target::Qualified(r) => format!("the request names {r}"),
+        Target::Named(name) if found.namespace == pod_namespace => {
+            format!("the request names {name}, which exists in the Pod's namespace")
+        }
+        Target::Named(name) => format!(
+            "the request names {name}: none in namespace {pod_namespace}, and {found} is the only one of that name"
+        ),
+        Target::Any if found.namespace == pod_namespace => format!(
+            "the request is `true`: {found} is the only instance in namespace {pod_namespace}"
+        ),
+        Target::Any => format!(
+            "the request is `true`: none in namespace {pod_namespace}, and {found} is the only instance in the cluster"
+        ),
+    }
+}
+
 /// The single item, or how many there were.
 fn only_one<T>(mut items: impl Iterator<Item = T>) -> Result<T, usize> {
     match (items.next(), items.next()) {

@@ -3,6 +3,9 @@
 //! and the label `tracehook.dev/injected=<instance-namespace>.<instance>`. A Pod that
 //! carries the annotation gets nothing more (the webhook may be called again).
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::patch::PatchBuilder;
@@ -97,6 +100,39 @@ impl Marker {
     }
 }
 
+/// The annotation read back: what was injected (the Pod watch, `tracehook explain`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Status {
+    /// `<namespace>/<name>`, or `<name>` for output applied in any namespace.
+    pub instance: String,
+    pub flavor: String,
+    #[serde(default)]
+    pub containers: Vec<String>,
+    #[serde(default)]
+    pub native: bool,
+    /// App container → the variables tracehook added.
+    #[serde(default)]
+    pub env: BTreeMap<String, Vec<String>>,
+    /// App container → the variables the user had set, left alone.
+    #[serde(default)]
+    pub kept: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub version: String,
+}
+
+impl Status {
+    /// The marker of a Pod (its `metadata.annotations`), if it has a readable one.
+    pub fn of(annotations: &BTreeMap<String, String>) -> Option<Status> {
+        serde_json::from_str(annotations.get(keys::STATUS)?).ok()
+    }
+
+    /// The instance, in the Pod's namespace when the marker names none.
+    pub fn instance_in(&self, pod_namespace: &str) -> InstanceRef {
+        InstanceRef::parse(&self.instance)
+            .unwrap_or_else(|| InstanceRef::new(pod_namespace, &self.instance))
+    }
+}
+
 /// `<namespace>.<instance>`, shortened with a hash to a label value's 63 characters.
 pub fn label(namespace: &str, name: &str) -> String {
     // An instance in the namespace the output is applied to (offline, not known).
@@ -118,6 +154,35 @@ pub fn label(namespace: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_reads_back_what_was_written() {
+        let mut marker = Marker::new(&InstanceRef::new("obs", "test"), Flavor::JaegerAgent, true);
+        marker.container(
+            "web",
+            vec!["OTEL_SERVICE_NAME".into()],
+            vec!["OTEL_EXPORTER_OTLP_ENDPOINT".into()],
+        );
+        let mut patch = PatchBuilder::default();
+        marker.patch(&mut patch, None);
+        let mut pod = json!({});
+        json_patch::patch(&mut pod, &patch.build()).expect("applies");
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_value(pod["metadata"]["annotations"].clone()).expect("annotations");
+        let status = Status::of(&annotations).expect("a marker");
+        assert_eq!(status.instance_in("shop"), InstanceRef::new("obs", "test"));
+        assert_eq!(status.containers, ["jaeger-agent"]);
+        assert_eq!(status.env["web"], ["OTEL_SERVICE_NAME"]);
+        assert_eq!(status.kept["web"], ["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+        let offline = Status {
+            instance: "test".into(),
+            ..Status::default()
+        };
+        assert_eq!(
+            offline.instance_in("shop"),
+            InstanceRef::new("shop", "test")
+        );
+    }
 
     #[test]
     fn marker_label_fits_a_label_value() {

@@ -91,6 +91,14 @@ pub struct Plan<'a> {
     /// `--agent.tags` for the Jaeger agent, by key.
     pub agent_tags: BTreeMap<&'static str, String>,
     pub agent_options: &'a BTreeMap<String, String>,
+    /// tracehook's resource attributes (`key=value`, `$(VAR)` expanded by the kubelet
+    /// from the sidecar's own variables), which the collector adds to every span that
+    /// lacks them: Jaeger-thrift clients (jaeger-client-go and its kin) and SDKs that
+    /// build their own resource never read `OTEL_RESOURCE_ATTRIBUTES`.
+    pub resource_attributes: &'a [String],
+    /// The API token's mount that the ServiceAccount admission plugin gave the app
+    /// containers. See [`token_mount`].
+    pub token_mount: Option<&'a Value>,
     /// Port names the Pod's containers use already: the sidecar's ports of the same
     /// name go unnamed (a repeated name makes Services and probes that select ports by
     /// name pick one of them).
@@ -109,7 +117,13 @@ pub fn container(plan: &Plan<'_>) -> Value {
     let args = match plan.flavor {
         Flavor::JaegerAgent => jaeger_agent_args(plan),
         Flavor::OtelCollector => {
-            env.push(entry("OTEL_CONFIG", otel_config(plan.instance).into()));
+            // Defined before OTEL_CONFIG, whose `$(POD_UID)` and `$(NODE_NAME)` they fill.
+            env.push(entry("POD_UID", field_ref("metadata.uid")));
+            env.push(entry("NODE_NAME", field_ref("spec.nodeName")));
+            env.push(entry(
+                "OTEL_CONFIG",
+                otel_config(plan.instance, plan.resource_attributes).into(),
+            ));
             vec!["--config=env:OTEL_CONFIG".to_owned()]
         }
     };
@@ -125,6 +139,9 @@ pub fn container(plan: &Plan<'_>) -> Value {
         // Replaces the template's placeholder, keeping its place in the order.
         container.insert(key.to_owned(), value);
     }
+    if let Some(mount) = plan.token_mount {
+        container.insert("volumeMounts".to_owned(), Value::Array(vec![mount.clone()]));
+    }
     if ports(plan.flavor)
         .iter()
         .any(|p| plan.taken_port_names.contains(&p.name))
@@ -132,6 +149,24 @@ pub fn container(plan: &Plan<'_>) -> Value {
         unname_ports(&mut container, plan);
     }
     Value::Object(container)
+}
+
+/// Where the ServiceAccount admission plugin mounts the API token in every container.
+const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The app containers' mount of the API token, if the ServiceAccount admission plugin
+/// (which runs before webhooks) gave them one. The sidecar gets the same mount: the API
+/// server runs that plugin again after a webhook's patch, and a sidecar without it would
+/// get it then, a change that calls the webhook a second time (`reinvocationPolicy:
+/// IfNeeded`) only to find the marker. The sidecar has no more than the plugin would give
+/// it; the agent never uses the token.
+pub fn token_mount<'a>(containers: &[&'a Value]) -> Option<&'a Value> {
+    containers.iter().find_map(|c| {
+        c.get("volumeMounts")?
+            .as_array()?
+            .iter()
+            .find(|m| m.get("mountPath").and_then(Value::as_str) == Some(TOKEN_PATH))
+    })
 }
 
 /// Drops the names the Pod uses already from the sidecar's ports; a probe that named
@@ -283,7 +318,13 @@ fn jaeger_agent_args(plan: &Plan<'_>) -> Vec<String> {
 }
 
 /// The collector's configuration, inline: JSON is YAML, and no ConfigMap per Pod.
-fn otel_config(instance: &InstanceRef) -> String {
+fn otel_config(instance: &InstanceRef, resource_attributes: &[String]) -> String {
+    // `insert`: an attribute the application set itself stays as it is.
+    let attributes: Vec<Value> = resource_attributes
+        .iter()
+        .filter_map(|a| a.split_once('='))
+        .map(|(key, value)| json!({"key": key, "value": value, "action": "insert"}))
+        .collect();
     json!({
         "receivers": {
             "otlp": {"protocols": {
@@ -295,7 +336,7 @@ fn otel_config(instance: &InstanceRef) -> String {
                 "thrift_binary": {"endpoint": "localhost:6832"}
             }}
         },
-        "processors": {"batch": {}},
+        "processors": {"resource": {"attributes": attributes}, "batch": {}},
         "exporters": {"otlp": {
             "endpoint": format!("{}:4317", instance.collector_host()),
             "tls": {"insecure": true}
@@ -306,7 +347,7 @@ fn otel_config(instance: &InstanceRef) -> String {
             "extensions": ["health_check"],
             "pipelines": {"traces": {
                 "receivers": ["otlp", "jaeger"],
-                "processors": ["batch"],
+                "processors": ["resource", "batch"],
                 "exporters": ["otlp"]
             }}
         }
