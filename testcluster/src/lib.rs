@@ -62,7 +62,7 @@ pub use bins::{
 pub use node::{
     BRIDGE, GUARD_TABLE, KWOK_TAINT, LOCK_PATH, NODE_DIR_ENV, NodeComponent, POD_CIDR,
     REAL_NODE_IP, REAL_NODE_LABEL, REAL_NODE_NAME, RealNodeInfo, SERVICE_CIDR, STATE_ROOT,
-    cleanup_real_node, detached_node_pids, guard_drops, node_dir, real_node_leftovers,
+    cleanup_real_node, ctr, detached_node_pids, guard_drops, node_dir, real_node_leftovers,
 };
 pub use process::Component;
 use process::{Mode, Spawner};
@@ -835,6 +835,7 @@ impl std::fmt::Debug for Cluster {
 // ----- the shared cluster -----
 
 static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+static SHARED_REAL_NODE: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 /// One cluster for the whole test binary, started on first use.
 ///
@@ -852,22 +853,47 @@ pub fn shared() -> &'static Cluster {
 
 /// [`shared`] returning the startup error instead of panicking.
 pub fn try_shared() -> Result<&'static Cluster> {
-    let r = SHARED.get_or_init(|| match Cluster::start(Options::default()) {
+    start_shared(&SHARED, Options::default(), "the shared test cluster")
+}
+
+/// [`shared`] with a real node (`Options { real_node: true, .. }`): one per test
+/// binary, torn down (node and host sweep included) by the same `atexit` hook. A
+/// SIGKILLed binary leaves the node's containers behind; the next start sweeps them.
+pub fn shared_real_node() -> &'static Cluster {
+    let opts = Options {
+        real_node: true,
+        ..Options::default()
+    };
+    match start_shared(&SHARED_REAL_NODE, opts, "the shared real-node cluster") {
+        Ok(c) => c,
+        Err(e) => panic!("{e:#}"),
+    }
+}
+
+fn start_shared(
+    cell: &'static OnceLock<Result<Cluster, String>>,
+    opts: Options,
+    what: &str,
+) -> Result<&'static Cluster> {
+    let r = cell.get_or_init(|| match Cluster::start(opts) {
         Ok(c) => {
+            static AT_EXIT: std::sync::Once = std::sync::Once::new();
             // SAFETY: registering a plain extern "C" fn.
-            unsafe {
+            AT_EXIT.call_once(|| unsafe {
                 libc::atexit(stop_shared_at_exit);
-            }
+            });
             Ok(c)
         }
-        Err(e) => Err(format!("starting the shared test cluster failed: {e:#}")),
+        Err(e) => Err(format!("starting {what} failed: {e:#}")),
     });
     r.as_ref().map_err(|e| anyhow!("{e}"))
 }
 
 extern "C" fn stop_shared_at_exit() {
-    if let Some(Ok(c)) = SHARED.get() {
-        c.shutdown(Duration::from_secs(5));
+    for cell in [&SHARED, &SHARED_REAL_NODE] {
+        if let Some(Ok(c)) = cell.get() {
+            c.shutdown(Duration::from_secs(5));
+        }
     }
 }
 

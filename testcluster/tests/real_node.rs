@@ -477,6 +477,16 @@ fn busybox_pod_logs_dns_and_cluster_ip() -> Result<()> {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+    // In-cluster clients (tracehook installed with Helm) reach the API server through
+    // the `kubernetes` Service. (busybox's own TLS offers ciphers Go's TLS refuses, so
+    // this checks the connection; tracehook's Pods do the rest.)
+    let (ok, out) = exec(
+        &cluster,
+        ns,
+        "client",
+        &["sh", "-c", "nc -w 3 kubernetes.default.svc 443 < /dev/null"],
+    )?;
+    assert!(ok, "the API server from a Pod: {out}");
     let t = Instant::now();
     drop(cluster);
     eprintln!("teardown {}", elapsed(t));

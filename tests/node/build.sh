@@ -2,7 +2,7 @@
 # Builds everything a real test node runs, from source, into a cache outside the clone:
 #   bin/     kubelet, kube-proxy, containerd, ctr, containerd-shim-runc-v2, the CNI
 #            plugins (bridge, loopback, host-local, portmap), crane, coredns, jaeger,
-#            jaeger-agent, hotrod, otelcol-contrib, pause
+#            jaeger-agent, hotrod, otelcol-contrib, pause, spans
 #   images/  OCI image tarballs (crane's `docker save` layout; `ctr images import`
 #            takes them), listed in images/images.tsv: file, image name, image ID
 #            (config digest), manifest digest
@@ -239,6 +239,15 @@ step jaeger-agent "jaeger-agent v$JAEGER_V1_VERSION $go_version $jaeger_v1_ldfla
 step hotrod "hotrod v$JAEGER_V1_VERSION $go_version $jaeger_v1_ldflags" "$bin/hotrod" -- \
   build_jaeger_v1 ./examples/hotrod hotrod
 
+# ---------------------------------------------------------------- spans (test client)
+# tests/node/spans: the OpenTelemetry Go SDK and jaeger-client-go, configured by the
+# environment tracehook injects (the real-node tests run it inside Pods).
+build_spans() {
+  (cd "$here/spans" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/spans" .)
+  mv -f "$work/spans" "$bin/spans"
+}
+step spans "spans $(sha "$here"/spans/{main.go,go.mod,go.sum} | tr '\n' ' ')$go_version -s -w" "$bin/spans" -- build_spans
+
 # ---------------------------------------------------------------- OpenTelemetry Collector
 step otelcol-builder "builder $OTELCOL_BUILDER_VERSION $go_version -s -w" "$out/tools/builder" -- \
   env CGO_ENABLED=0 GOBIN="$out/tools" go install -trimpath -ldflags "-s -w" \
@@ -285,58 +294,9 @@ step jaeger "jaeger v$JAEGER_VERSION ($JAEGER_MODULE_VERSION) $go_version $jaege
   "$bin/jaeger" "$share/jaeger/sampling-strategies.json" -- build_jaeger
 
 # ---------------------------------------------------------------- images
-registry_pid=
-registry=
-cleanup() {
-  if [ -n "$registry_pid" ]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
-start_registry() {
-  [ -z "$registry" ] || return 0
-  local port i
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  mkdir -p "$work/registry"
-  "$bin/crane" registry serve --address "127.0.0.1:$port" --disk "$work/registry" \
-    >"$work/registry.log" 2>&1 &
-  registry_pid=$!
-  for i in $(seq 100); do
-    if curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/"; then registry="127.0.0.1:$port"; return 0; fi
-    kill -0 "$registry_pid" 2>/dev/null || { cat "$work/registry.log" >&2; die "crane registry serve exited"; }
-    sleep 0.1
-  done
-  die "crane registry serve did not answer on 127.0.0.1:$port"
-}
-ca_bundle=/etc/ssl/certs/ca-certificates.crt
-default_path=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# shellcheck source=image-lib.sh
+. "$here/image-lib.sh"
 
-# A root filesystem's common part: /etc/passwd, /etc/group (root, nobody and, for a
-# non-root image, its user), /tmp 1777.
-base_rootfs() { # DIR UID NAME
-  local d=$1 uid=$2 name=$3
-  rm -rf "$d"
-  mkdir -p "$d/etc" "$d/tmp"
-  chmod 0755 "$d" "$d/etc"
-  chmod 1777 "$d/tmp"
-  {
-    echo "root:x:0:0:root:/root:/sbin/nologin"
-    [ "$uid" = 0 ] || [ "$uid" = 65534 ] || echo "$name:x:$uid:$uid:$name:/tmp:/sbin/nologin"
-    echo "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin"
-  } > "$d/etc/passwd"
-  {
-    echo "root:x:0:"
-    [ "$uid" = 0 ] || [ "$uid" = 65534 ] || echo "$name:x:$uid:"
-    echo "nobody:x:65534:"
-  } > "$d/etc/group"
-  chmod 0644 "$d/etc/passwd" "$d/etc/group"
-}
-put() { # SRC DIR/PATH MODE
-  mkdir -p "$(dirname "$2")"
-  cp "$1" "$2"
-  chmod "$3" "$2"
-}
 # Each rootfs_* makes the root filesystem of one image in the directory given.
 rootfs_pause() {
   base_rootfs "$1" 65535 pause
@@ -375,34 +335,11 @@ rootfs_busybox() {
   done
 }
 
-# image FILE NAME ROOTFS_FN USER ENTRYPOINT CMD PORTS ENV...: builds images/FILE (the
-# image NAME). ENTRYPOINT, CMD and PORTS comma-separated ("" for none).
-image() {
-  local file=$1 name=$2 fn=$3 user=$4 entrypoint=$5 cmd=$6 ports=$7
-  shift 7
-  local env=("$default_path" "$@") d="$work/rootfs-$file" ref args=() e
-  "$fn" "$d"
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=gnu \
-    -C "$d" -cf "$work/$file.layer.tar" .
-  start_registry
-  ref="$registry/build/${file%.tar}"
-  "$bin/crane" --insecure append --oci-empty-base -f "$work/$file.layer.tar" -t "$ref"
-  args=(--set-platform linux/amd64 -t "$name" -o "$work/$file")
-  [ -z "$entrypoint" ] || args+=(--entrypoint "$entrypoint")
-  [ -z "$cmd" ] || args+=(--cmd "$cmd")
-  [ -z "$user" ] || args+=(-u "$user")
-  [ -z "$ports" ] || args+=(--exposed-ports "$ports")
-  for e in "${env[@]}"; do args+=(--env "$e"); done
-  "$bin/crane" --insecure mutate "$ref" "${args[@]}"
-  # The image ID (config digest: what `ctr images ls` and the kubelet show after the
-  # import) and the manifest digest.
-  printf '%s\t%s\t%s\t%s\n' "$file" "$name" \
-    "$(tar -xOf "$work/$file" manifest.json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["Config"])')" \
-    "$("$bin/crane" digest --tarball "$work/$file")" > "$work/$file.tsv"
-  mv -f "$work/$file.tsv" "$images/$file.tsv"
-  mv -f "$work/$file" "$images/$file"
-  rm -rf "$d" "$work/$file.layer.tar"
+rootfs_spans() {
+  rootfs_busybox "$1"
+  put "$bin/spans" "$1/usr/local/bin/spans" 0755
 }
+
 # The key of an image: its recipe (this script's image line and rootfs function),
 # the hashes of what goes in, and crane's version.
 image_files=()
@@ -413,7 +350,7 @@ image_step() { # FILE FILES-IN-IMAGE... -- image ARGS...
   while [ "$1" != -- ]; do inputs+=("$1"); shift; done
   shift
   local fn=$4
-  step "image-${file%.tar}" "$* $(declare -f "$fn" base_rootfs image | sha) $(sha "${inputs[@]}" | tr '\n' ' ')crane $CRANE_VERSION" \
+  step "image-${file%.tar}" "$* $(declare -f "$fn" base_rootfs rootfs_busybox image | sha) $(sha "${inputs[@]}" | tr '\n' ' ')crane $CRANE_VERSION" \
     "$images/$file" "$images/$file.tsv" -- "$@"
 }
 
@@ -436,6 +373,10 @@ image_step "example-hotrod-$JAEGER_V1_VERSION.tar" "$bin/hotrod" "$ca_bundle" --
 busybox_tag=${BUSYBOX_IMAGE##*:}
 image_step "busybox-$busybox_tag.tar" /bin/busybox -- \
   image "busybox-$busybox_tag.tar" "$BUSYBOX_IMAGE" rootfs_busybox "" "" sh ""
+
+spans_tag=${SPANS_IMAGE##*:}
+image_step "spans-$spans_tag.tar" "$bin/spans" /bin/busybox -- \
+  image "spans-$spans_tag.tar" "$SPANS_IMAGE" rootfs_spans 65532:65532 "" "spans,idle" ""
 
 step_name=finish
 cleanup

@@ -232,6 +232,7 @@ check_image "opentelemetry-collector-contrib-$OTELCOL_IMAGE_TAG.tar" "otel/opent
 check_image "example-hotrod-$JAEGER_V1_VERSION.tar" "jaegertracing/example-hotrod:$JAEGER_V1_VERSION" /go/bin/hotrod-linux all "" \
   /go/bin/hotrod-linux /tmp/
 check_image "busybox-${BUSYBOX_IMAGE##*:}.tar" "$BUSYBOX_IMAGE" "" sh "" /bin/busybox /bin/sh /bin/wget /bin/nc /bin/sleep /tmp/
+check_image "spans-${SPANS_IMAGE##*:}.tar" "$SPANS_IMAGE" "" spans,idle 65532:65532 /usr/local/bin/spans /bin/sh /tmp/
 if "$bin/crane" --insecure export "127.0.0.1:$reg_port/check/busybox-${BUSYBOX_IMAGE##*:}:latest" - | tar -tv |
   grep ' \(\./\)\?tmp/\?$' | grep -q '^drwxrwxrwt'; then
   ok "/tmp is 1777"

@@ -35,8 +35,10 @@
 //! ([`GUARD_TABLE`], counted by [`guard_drops`]) drops anything forwarded between the
 //! bridge and another interface (and between two other interfaces: `ip_forward`, 1
 //! while the node runs, must not make the host a router). CoreDNS answers `cluster.local` and NXDOMAIN for
-//! everything else; nothing of the host's DNS reaches a Pod. Pods cannot reach the API
-//! server (it listens on 127.0.0.1 only), so in-cluster clients do not work.
+//! everything else; nothing of the host's DNS reaches a Pod. Pods reach the API server
+//! as in-cluster clients do, through the `kubernetes` Service (10.0.0.1:443), whose
+//! endpoint is the node IP: the API server listens on every address and the guard's
+//! input chain accepts its port only from loopback and the bridge.
 //!
 //! # One node per machine
 //! The bridge, the kubelet's and kube-proxy's ports (10248, 10250, 10249, 10256), port
@@ -217,6 +219,28 @@ impl RealNodeInfo {
     }
 }
 
+/// Runs `ctr -n k8s.io ARGS` against the real node's containerd (one per machine, up
+/// attached or detached), e.g. `images import IMAGE.tar` or `images tag A B`: its
+/// output, or an error with it.
+pub fn ctr(args: &[&str]) -> Result<String> {
+    let out = Command::new(node_dir()?.join("bin").join("ctr"))
+        .arg("--address")
+        .arg(state("containerd/containerd.sock"))
+        .args(["-n", "k8s.io"])
+        .args(args)
+        .output()
+        .context("running ctr")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("ctr {}: {text}", args.join(" "));
+    }
+    Ok(text)
+}
+
 /// The output directory of `tests/node/build.sh` (`bin/` and `images/`).
 ///
 /// `$TRACEHOOK_NODE_DIR` if set; otherwise runs the script (about a second when its
@@ -355,8 +379,9 @@ fn state(sub: &str) -> PathBuf {
 }
 
 /// `--kubelet-client-certificate/key` (a `system:masters` pair, so the kubelet's
-/// webhook authorizer lets the API server read logs) and
-/// `--kubelet-preferred-address-types=InternalIP` (the node's name does not resolve).
+/// webhook authorizer lets the API server read logs),
+/// `--kubelet-preferred-address-types=InternalIP` (the node's name does not resolve),
+/// and the addresses that let Pods reach the API server.
 pub(crate) fn apiserver_args(cluster: &Cluster) -> Vec<String> {
     vec![
         format!(
@@ -368,6 +393,11 @@ pub(crate) fn apiserver_args(cluster: &Cluster) -> Vec<String> {
             path(&cluster.pki("apiserver-kubelet-client.key"))
         ),
         "--kubelet-preferred-address-types=InternalIP".into(),
+        // Pods reach the API server through the `kubernetes` Service, whose endpoint is
+        // the advertised address: the node IP on the bridge. The guard's input chain
+        // refuses the port on every other interface.
+        "--bind-address=0.0.0.0".into(),
+        format!("--advertise-address={}", network::NODE_IP),
     ]
 }
 
@@ -439,7 +469,7 @@ pub(crate) fn prepare(cluster: &Cluster) -> Result<()> {
     *lock(&cluster.node) = Some(node.clone());
 
     node.write_files(cluster)?;
-    network::install_guard()?;
+    network::install_guard(cluster.ports.apiserver)?;
     network::create_bridge()?;
     host::write_sysctl("net/ipv4/ip_forward", "1")?;
     // Pod → ClusterIP → Pod on the same bridge needs the bridged reply to pass

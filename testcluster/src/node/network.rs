@@ -29,7 +29,11 @@ pub const GUARD_TABLE: &str = "tracehook_guard";
 /// bridge's two directions it drops what is forwarded between two other interfaces:
 /// `ip_forward` was 0 before the node, and turning it on must not make the host a
 /// router for eth0.
-pub fn install_guard() -> Result<()> {
+///
+/// The API server listens on every address (`apiserver_port`) so that Pods reach it at
+/// the node IP, as in-cluster clients do through the `kubernetes` Service; the input
+/// chain accepts that port only from loopback and the bridge.
+pub fn install_guard(apiserver_port: u16) -> Result<()> {
     let script = format!(
         "table inet {GUARD_TABLE} {{}}\n\
          delete table inet {GUARD_TABLE}\n\
@@ -39,6 +43,10 @@ pub fn install_guard() -> Result<()> {
          \x20   iifname \"{BRIDGE}\" oifname != \"{BRIDGE}\" counter drop\n\
          \x20   oifname \"{BRIDGE}\" iifname != \"{BRIDGE}\" counter drop\n\
          \x20   iifname != \"{BRIDGE}\" oifname != \"{BRIDGE}\" counter drop\n\
+         \x20 }}\n\
+         \x20 chain input {{\n\
+         \x20   type filter hook input priority -50; policy accept;\n\
+         \x20   tcp dport {apiserver_port} iifname != {{ \"lo\", \"{BRIDGE}\" }} counter drop\n\
          \x20 }}\n\
          }}\n"
     );

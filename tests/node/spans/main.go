@@ -1,0 +1,182 @@
+// Command spans sends spans the way instrumented applications do, configured only by
+// the environment of its container: in a Pod injected by tracehook, what it sends and
+// where is exactly what tracehook's variables say. The real-node tests run it inside
+// Pods (image tracehook.dev/test-spans, built by tests/node/build.sh).
+//
+//	spans otlp NAME     one trace (span NAME with a child NAME-child) through the
+//	                    OpenTelemetry Go SDK: exporter and protocol from
+//	                    OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_PROTOCOL (autoexport),
+//	                    endpoint from OTEL_EXPORTER_OTLP_*, resource from
+//	                    OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+//	spans jaeger NAME   the same trace through jaeger-client-go (config.FromEnv:
+//	                    JAEGER_SERVICE_NAME, JAEGER_AGENT_HOST/PORT, JAEGER_TAGS), over
+//	                    UDP compact Thrift to the agent
+//	spans loop otlp|jaeger NAME
+//	                    `otlp NAME-<n>` (or `jaeger NAME-<n>`) every second until
+//	                    stopped, n counting from 0; a failure is logged and the loop
+//	                    goes on, as an application's would
+//	spans idle          waits for SIGTERM (a container to exec into)
+//
+// `otlp` exits 1 when the export failed; `jaeger` cannot tell (UDP), so its spans are
+// checked where they arrive.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/opentracing/opentracing-go"
+	jaegercfg "github.com/uber/jaeger-client-go/config"
+	"go.opentelemetry.io/contrib/exporters/autoexport"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "otlp":
+		err = otlp(context.Background(), name())
+	case "jaeger":
+		err = jaeger(name())
+	case "loop":
+		if len(os.Args) != 4 || (os.Args[2] != "otlp" && os.Args[2] != "jaeger") || os.Args[3] == "" {
+			usage()
+		}
+		loop(os.Args[2], os.Args[3])
+	case "idle":
+		idle()
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "spans:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: spans otlp NAME | jaeger NAME | loop otlp|jaeger NAME | idle")
+	os.Exit(2)
+}
+
+func name() string {
+	if len(os.Args) != 3 || os.Args[2] == "" {
+		usage()
+	}
+	return os.Args[2]
+}
+
+// errorHandler keeps the first error the SDK reports (an export that failed).
+type errorHandler struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (h *errorHandler) Handle(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.err == nil {
+		h.err = err
+	}
+}
+
+func otlp(ctx context.Context, name string) error {
+	handler := &errorHandler{}
+	otel.SetErrorHandler(handler)
+	exporter, err := autoexport.NewSpanExporter(ctx)
+	if err != nil {
+		return fmt.Errorf("exporter: %w", err)
+	}
+	// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, as the SDK's default resource.
+	res, err := resource.New(ctx, resource.WithFromEnv(), resource.WithTelemetrySDK())
+	if err != nil {
+		return fmt.Errorf("resource: %w", err)
+	}
+	// A synchronous processor: the export happens (or fails) before Shutdown returns.
+	provider := sdktrace.NewTracerProvider(
+		sdktrace.WithSyncer(exporter),
+		sdktrace.WithResource(res),
+	)
+	tracer := provider.Tracer("tracehook.dev/tests/spans")
+	parentCtx, parent := tracer.Start(ctx, name)
+	parent.SetAttributes(attribute.String("test.client", "otel-go"))
+	_, child := tracer.Start(parentCtx, name+"-child")
+	time.Sleep(5 * time.Millisecond)
+	child.End()
+	parent.End()
+	shutdownCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	err = provider.Shutdown(shutdownCtx)
+	handler.mu.Lock()
+	defer handler.mu.Unlock()
+	if err := errors.Join(err, handler.err); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	fmt.Printf("sent %s (trace %s)\n", name, parent.SpanContext().TraceID())
+	return nil
+}
+
+func jaeger(name string) error {
+	cfg, err := jaegercfg.FromEnv()
+	if err != nil {
+		return fmt.Errorf("jaeger configuration from the environment: %w", err)
+	}
+	// Every trace is kept (the default remote sampler would ask the agent first).
+	cfg.Sampler = &jaegercfg.SamplerConfig{Type: "const", Param: 1}
+	tracer, closer, err := cfg.NewTracer()
+	if err != nil {
+		return fmt.Errorf("tracer: %w", err)
+	}
+	parent := tracer.StartSpan(name)
+	parent.SetTag("test.client", "jaeger-client-go")
+	child := tracer.StartSpan(name+"-child", opentracing.ChildOf(parent.Context()))
+	time.Sleep(5 * time.Millisecond)
+	child.Finish()
+	parent.Finish()
+	// Close flushes the reporter's queue to the agent.
+	if err := closer.Close(); err != nil {
+		return fmt.Errorf("close: %w", err)
+	}
+	fmt.Printf("sent %s as %s\n", name, cfg.ServiceName)
+	return nil
+}
+
+func loop(via, name string) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	for n := 0; ; n++ {
+		span := fmt.Sprintf("%s-%d", name, n)
+		var err error
+		if via == "otlp" {
+			err = otlp(ctx, span)
+		} else {
+			err = jaeger(span)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "spans: %s: %v\n", span, err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func idle() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	<-ctx.Done()
+}
