@@ -23,6 +23,8 @@ use crate::inject::{self, Flavor};
     status = "JaegerStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy"}"#,
+    printcolumn = r#"{"name":"Injected","type":"integer","jsonPath":".status.injectedPods"}"#,
+    printcolumn = r#"{"name":"Missing","type":"integer","jsonPath":".status.missingPods"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -143,6 +145,13 @@ pub struct JaegerStatus {
     pub collector_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_endpoint: Option<String>,
+    /// Live Pods carrying the sidecar of this instance (written by the leader's Pod
+    /// watch, field manager `tracehook-pods`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_pods: Option<i64>,
+    /// Live Pods that would be injected toward this instance now but have no sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_pods: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

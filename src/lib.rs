@@ -4,13 +4,15 @@
 //! Layout: [`inject`] is the pure injection engine (no I/O); [`admission`] is the one
 //! review step from an AdmissionReview to its answer; [`server`] and [`tls`] are the
 //! HTTP adapters, [`serve`] runs them and the rest under one supervisor; [`cluster`]
-//! holds the Kubernetes-facing caches and Events; [`reconciler`] provisions the
+//! holds the Kubernetes-facing caches, Events and the leader's watch of Pods missing
+//! their sidecar; [`explain`] is `tracehook explain`; [`reconciler`] provisions the
 //! `Jaeger` backends; [`manifest`] is the `tracehook inject` command's document
 //! handling.
 
 pub mod admission;
 pub mod cluster;
 pub mod crd;
+pub mod explain;
 pub mod inject;
 pub mod manifest;
 pub mod metrics;

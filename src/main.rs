@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracehook::cluster::heal::Heal;
 use tracehook::inject::{Flavor, InstanceRef, Settings};
 use tracehook::tls::issue as certs;
 use tracehook::{Error, Result, manifest};
@@ -32,6 +33,43 @@ enum Command {
     Certs(CertsArgs),
     /// Print the Jaeger CustomResourceDefinition.
     Crd,
+    /// Check that the webhook injects Pods in a namespace: a Pod created there with
+    /// `dryRun` (nothing is stored) must come back with the sidecar and the marker. Exit
+    /// 0 when it does, 1 when it does not (the chart's `helm test`).
+    CheckInjection(CheckArgs),
+    /// Explain, from the live cluster, the decision the webhook would make now for a
+    /// Pod or for the Pods a workload creates. Exit 0: injected or would be; 1: not
+    /// requested; 2: skipped; 3: missing its sidecar; 4: could not tell (an error).
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// A namespace the webhook sees (labelled tracehook.dev/injection=enabled).
+    #[arg(short = 'n', long)]
+    namespace: String,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// pod/NAME, deployment/NAME, statefulset/NAME, daemonset/NAME, replicaset/NAME,
+    /// job/NAME, cronjob/NAME or rollout/NAME.
+    subject: tracehook::explain::live::Subject,
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// tracehook's registration, whose namespaceSelector says which namespaces the
+    /// webhook sees.
+    #[arg(long, default_value = "tracehook")]
+    webhook_configuration: String,
+    /// tracehook's own namespace (never injected), as installed.
+    #[arg(long, default_value = "tracehook")]
+    tracehook_namespace: String,
+    /// As installed (auto = when the API server is at least 1.29).
+    #[arg(long, value_enum, default_value = "auto")]
+    native_sidecars: NativeSidecars,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -128,7 +166,9 @@ struct ServeArgs {
     /// CA and serving pair shared by all replicas.
     #[arg(long, default_value = "tracehook-tls")]
     cert_secret: String,
-    /// Self-signed mode: the MutatingWebhookConfiguration whose caBundle is kept set.
+    /// The MutatingWebhookConfiguration that registers tracehook: its selector says
+    /// which namespaces the webhook sees (missed injections), and in self-signed mode
+    /// its caBundle is kept set.
     #[arg(long, default_value = "tracehook")]
     webhook_configuration: String,
     /// Self-signed mode: lifetime of a serving certificate (e.g. 365d, 12h, 90s).
@@ -152,6 +192,23 @@ struct ServeArgs {
     /// injection in other namespaces get an InjectionNotEnabled Event.
     #[arg(long, value_enum, default_value = "labeled-namespaces")]
     injection_scope: InjectionScope,
+    /// Pods missing their sidecar (found by the leader): off = report them (metric,
+    /// Event, the instance's status); report = also say which would be evicted; evict =
+    /// evict those a ReplicaSet, StatefulSet or DaemonSet replaces, through the
+    /// Eviction API (PodDisruptionBudgets honoured), so the replacement is injected.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "off",
+        env = "TRACEHOOK_HEAL_MISSING"
+    )]
+    heal_missing: Heal,
+    /// With --heal-missing=evict: at most one eviction per this long, in all.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    heal_interval: Duration,
+    /// How often the leader looks through the live Pods for missing sidecars.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    missing_scan_interval: Duration,
     /// Serve without a cluster: no caches, Events or reconciler (namespaces are taken
     /// to have no labels; for local experiments).
     #[arg(long)]
@@ -216,6 +273,8 @@ struct CertsArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Explain(args) => return explain(args),
+        Command::CheckInjection(args) => check_injection(args),
         Command::Serve(args) => serve(*args),
         Command::Inject(args) => inject(args),
         Command::Certs(args) => write_certs(args),
@@ -229,6 +288,95 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("tracehook: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tracehook check-injection`: a Pod created with `dryRun` comes back injected.
+#[tokio::main]
+async fn check_injection(args: CheckArgs) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default().await?;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client, &args.namespace);
+    let pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"generateName": "tracehook-check-", "labels": {"app": "tracehook-check"}},
+        "spec": {"containers": [{"name": "app", "image": "tracehook.dev/check:0"}]}
+    }))?;
+    let params = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    // A namespace created a moment ago (the chart's test) has no `default`
+    // ServiceAccount yet, and the API server refuses its Pods until it does.
+    let mut tries = 0;
+    let answer = loop {
+        match pods.create(&params, &pod).await {
+            Ok(answer) => break answer,
+            Err(e) if tries < 15 => {
+                tries += 1;
+                eprintln!("not yet ({e}); trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let marker = answer
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(tracehook::inject::keys::STATUS));
+    let spec = answer.spec.unwrap_or_default();
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| tracehook::inject::sidecar::SIDECAR_NAMES.contains(&c.name.as_str()));
+    match (marker, sidecar) {
+        (Some(marker), Some(sidecar)) => {
+            println!(
+                "injected in namespace {}: container {} ({marker})",
+                args.namespace, sidecar.name
+            );
+            Ok(())
+        }
+        _ => Err(tracehook::Error::Argument(format!(
+            "a Pod created in namespace {} came back without the sidecar: is the namespace labelled tracehook.dev/injection=enabled, is a Jaeger instance in reach (kubectl get jaegers -A), and is tracehook ready? (tracehook explain pod/NAME -n {} tells why for a Pod)",
+            args.namespace, args.namespace
+        ))),
+    }
+}
+
+/// `tracehook explain`: the explanation on stdout, the verdict as the exit code.
+#[tokio::main]
+async fn explain(args: ExplainArgs) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let run = async {
+        let client = kube::Client::try_default().await?;
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let case = tracehook::explain::live::gather(
+            client,
+            &args.subject,
+            &namespace,
+            settings(&args.sidecar, true, &args.tracehook_namespace),
+            args.native_sidecars.chosen(),
+            &args.webhook_configuration,
+        )
+        .await?;
+        Ok::<_, tracehook::Error>(tracehook::explain::explain(&case))
+    };
+    match run.await {
+        Ok(explanation) => {
+            print!("{}", explanation.text);
+            ExitCode::from(explanation.verdict.code())
+        }
+        Err(e) => {
+            eprintln!("tracehook explain: {e}");
+            ExitCode::from(4)
         }
     }
 }
@@ -353,6 +501,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cert_renew_before: args.cert_renew_before,
         native_sidecars: args.native_sidecars.chosen(),
         report_unseen: matches!(args.injection_scope, InjectionScope::LabeledNamespaces),
+        heal: args.heal_missing,
+        heal_interval: args.heal_interval,
+        missing_scan_interval: args.missing_scan_interval,
         no_cluster: args.no_cluster.then_some(args.instances),
         webhook: !args.no_webhook,
         reconciler: !args.no_reconciler,

@@ -83,11 +83,58 @@ impl ReconcilerMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+/// `instance` is `<namespace>/<name>`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub instance: String,
+}
+
+/// `result` is `evicted`, `refused` (a PodDisruptionBudget said no) or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    pub result: &'static str,
+}
+
+/// What the leader's Pod watch finds (DESIGN.md "Missed injections"); only the leader
+/// exports non-zero values.
+#[derive(Clone, Default)]
+pub struct PodMetrics {
+    pub missing: Family<NamespaceLabels, Gauge>,
+    pub injected: Family<InstanceLabels, Gauge>,
+    pub evictions: Family<EvictionLabels, Counter>,
+}
+
+impl PodMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pods_missing_sidecar",
+            "Live Pods that would be injected now but have no sidecar, by namespace",
+            self.missing.clone(),
+        );
+        registry.register(
+            "pods_injected",
+            "Live Pods carrying tracehook's sidecar, by the instance it sends to",
+            self.injected.clone(),
+        );
+        registry.register(
+            "heal_evictions",
+            "Evictions of Pods missing their sidecar (--heal-missing=evict), by result",
+            self.evictions.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     pub requests: Family<OutcomeLabels, Counter>,
     pub duration: Histogram,
     pub in_flight: Gauge,
     pub reconciler: ReconcilerMetrics,
+    pub pods: PodMetrics,
     registry: Registry,
 }
 
@@ -118,11 +165,14 @@ impl Default for Metrics {
         );
         let reconciler = ReconcilerMetrics::default();
         reconciler.register(&mut registry);
+        let pods = PodMetrics::default();
+        pods.register(&mut registry);
         Self {
             requests,
             duration,
             in_flight,
             reconciler,
+            pods,
             registry,
         }
     }

@@ -16,6 +16,8 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 
 use crate::cluster::events::EventSink;
+use crate::cluster::heal::Heal;
+use crate::cluster::missing::Detector;
 use crate::cluster::{Caches, FixedWorld, Lookup};
 use crate::inject::{Instance, InstanceRef, Settings};
 use crate::metrics::Metrics;
@@ -43,6 +45,12 @@ pub struct Config {
     pub native_sidecars: Option<bool>,
     /// Report workloads annotated in namespaces the registration does not send.
     pub report_unseen: bool,
+    /// What the leader does with Pods missing their sidecar (`--heal-missing`).
+    pub heal: Heal,
+    /// At most one eviction per this long (`--heal-interval`).
+    pub heal_interval: Duration,
+    /// How often the leader looks through the live Pods (`--missing-scan-interval`).
+    pub missing_scan_interval: Duration,
     /// `Some`: no cluster; these instances exist.
     pub no_cluster: Option<Vec<InstanceRef>>,
     pub webhook: bool,
@@ -101,6 +109,10 @@ pub async fn run(
 ) -> Result<()> {
     let mut tasks = Supervisor::new();
     let metrics = Metrics::default();
+    // Ends the reconciler's campaign on a graceful shutdown, releasing its Lease so that
+    // another replica leads at once.
+    let (stop_campaign, campaign_stop) = tokio::sync::watch::channel(false);
+    let mut released = None;
     let (lookup, events, client, native) = match &config.no_cluster {
         Some(instances) => {
             let world = FixedWorld {
@@ -129,7 +141,20 @@ pub async fn run(
             let events = EventSink::new(client.clone(), config.pod_name.clone());
             let caches = Arc::new(Caches::start(client.clone()));
             if config.reconciler {
-                let also = config
+                let detector = Arc::new(Detector {
+                    caches: caches.clone(),
+                    events: events.clone(),
+                    metrics: metrics.pods.clone(),
+                    settings: Settings {
+                        native_sidecars: native,
+                        ..config.settings.clone()
+                    },
+                    registration: config.webhook_configuration.clone(),
+                    heal: config.heal,
+                    heal_interval: config.heal_interval,
+                    scan_interval: config.missing_scan_interval,
+                });
+                let unseen = config
                     .report_unseen
                     .then(|| unseen_task(&caches, &events, &config.namespace));
                 tasks.spawn(
@@ -138,8 +163,16 @@ pub async fn run(
                         client.clone(),
                         config.namespace.clone(),
                         crate::reconciler::identity(),
-                        also,
+                        Some(leader_tasks(detector, unseen)),
                         metrics.reconciler.clone(),
+                        Some(crate::reconciler::leader::Shutdown {
+                            stop: campaign_stop.clone(),
+                            released: {
+                                let (tx, rx) = tokio::sync::oneshot::channel();
+                                released = Some(rx);
+                                tx
+                            },
+                        }),
                     )),
                 );
             }
@@ -169,7 +202,9 @@ pub async fn run(
 
     if !config.webhook {
         tracing::info!("webhook disabled (--no-webhook)");
-        return tasks.watch(shutdown).await;
+        let result = tasks.watch(shutdown).await;
+        release_lease(&stop_campaign, released).await;
+        return result;
     }
     let resolver = certificate(&config, client, &mut tasks).await?;
     let tls = crate::tls::server_config(resolver)?;
@@ -195,8 +230,44 @@ pub async fn run(
     ctx.serving.store(false, Ordering::Release);
     let _ = stop.send(());
     let _ = drained.await;
+    release_lease(&stop_campaign, released).await;
     tracing::info!("stopped");
     result
+}
+
+/// Stops the reconciler's campaign and waits (briefly) until its Lease is released.
+async fn release_lease(
+    stop: &tokio::sync::watch::Sender<bool>,
+    released: Option<tokio::sync::oneshot::Receiver<()>>,
+) {
+    let _ = stop.send(true);
+    if let Some(released) = released {
+        let _ = tokio::time::timeout(Duration::from_secs(5), released).await;
+    }
+}
+
+/// What the leader does beside reconciling: the Pod watch for missed injections and,
+/// in the labelled-namespaces mode, the report of workloads annotated where the webhook
+/// is not called. The first to end ends this leadership's work (it is started again).
+fn leader_tasks(
+    detector: Arc<Detector>,
+    unseen: Option<crate::reconciler::LeaderTask>,
+) -> crate::reconciler::LeaderTask {
+    Arc::new(move || {
+        let detector = detector.clone().run();
+        let unseen = unseen.as_ref().map(|task| task());
+        Box::pin(async move {
+            match unseen {
+                Some(unseen) => {
+                    tokio::select! {
+                        () = detector => tracing::error!("the missed-injection watch stopped"),
+                        () = unseen => tracing::error!("the unseen-namespace report stopped"),
+                    }
+                }
+                None => detector.await,
+            }
+        }) as BoxFuture<'static, ()>
+    })
 }
 
 /// The leader's report of workloads annotated where the webhook is not called.

@@ -43,7 +43,7 @@ fn has_the_status_subresource() {
 }
 
 #[test]
-fn kubectl_get_shows_phase_strategy_and_age() {
+fn kubectl_get_shows_phase_strategy_injected_missing_and_age() {
     let crd = Jaeger::crd();
     let columns: Vec<(&str, &str)> = crd.spec.versions[0]
         .additional_printer_columns
@@ -56,6 +56,8 @@ fn kubectl_get_shows_phase_strategy_and_age() {
         [
             ("Phase", ".status.phase"),
             ("Strategy", ".spec.strategy"),
+            ("Injected", ".status.injectedPods"),
+            ("Missing", ".status.missingPods"),
             ("Age", ".metadata.creationTimestamp")
         ]
     );

@@ -72,8 +72,19 @@ impl EventSink {
     /// A Warning Event on `reference`, in the background (not rate-limited: callers
     /// that may repeat themselves check [`EventSink::first_in_a_while`]).
     pub fn on_workload(&self, reference: ObjectReference, reason: &str, note: &str) {
+        self.publish_event(reference, EventType::Warning, reason, note);
+    }
+
+    /// An Event of `type_` on `reference`, in the background.
+    pub fn publish_event(
+        &self,
+        reference: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
         let event = Event {
-            type_: EventType::Warning,
+            type_,
             reason: reason.into(),
             note: Some(crate::inject::text::truncate(note, 1024).to_owned()),
             action: "Inject".into(),
@@ -112,7 +123,7 @@ impl EventSink {
 }
 
 /// The API group/version of the workload kinds tracehook follows owners to.
-fn api_version_of(kind: &str) -> Option<&'static str> {
+pub(crate) fn api_version_of(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => "apps/v1",
         "Job" | "CronJob" => "batch/v1",

@@ -4,6 +4,9 @@
 
 pub mod caches;
 pub mod events;
+pub mod heal;
+pub mod missing;
+pub mod registration;
 pub mod unseen;
 
 use std::collections::BTreeMap;

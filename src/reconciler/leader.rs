@@ -6,7 +6,9 @@
 //! write carries the `resourceVersion` that was read, so of two replicas racing for
 //! an expired Lease only one succeeds. A holder that cannot renew for
 //! [`LeaseConfig::renew_deadline`], shorter than the duration, stops leading before
-//! anyone else may start.
+//! anyone else may start. A holder that shuts down gracefully releases the Lease (as
+//! client-go's `ReleaseOnCancel`), so another replica takes over at once; one that
+//! dies leaves it to expire.
 
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 /// How long one read-and-write of the Lease may take.
@@ -56,13 +58,69 @@ impl LeaseConfig {
     }
 }
 
-/// Campaigns in the background for as long as the receiver lives; the receiver
-/// holds `true` while this replica leads.
-pub fn elect(client: Client, config: LeaseConfig) -> watch::Receiver<bool> {
+/// How the owner of a campaign ends it: `stop` turns true on a graceful shutdown, and
+/// `released` is sent once the Lease is given up (or was not held).
+pub struct Shutdown {
+    pub stop: watch::Receiver<bool>,
+    pub released: oneshot::Sender<()>,
+}
+
+/// Campaigns in the background for as long as the receiver lives, or until `shutdown`
+/// says stop; the receiver holds `true` while this replica leads.
+pub fn elect(
+    client: Client,
+    config: LeaseConfig,
+    shutdown: Option<Shutdown>,
+) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     let api = Api::namespaced(client, &config.namespace);
-    tokio::spawn(campaign(api, config, tx));
+    tokio::spawn(async move {
+        match shutdown {
+            None => {
+                campaign(api, config, tx, std::future::pending()).await;
+            }
+            Some(Shutdown { mut stop, released }) => {
+                let stopping = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Some(leading) = campaign(&api, config.clone(), tx, stopping).await
+                    && leading
+                {
+                    release(&api, &config).await;
+                }
+                let _ = released.send(());
+            }
+        }
+    });
     rx
+}
+
+/// Clears the holder of a Lease this replica holds, so that the others may take it now.
+async fn release(api: &Api<Lease>, config: &LeaseConfig) {
+    let attempt = async {
+        let Some(mut lease) = api.get_opt(&config.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        spec.lease_duration_seconds = Some(1);
+        api.replace(&config.name, &PostParams::default(), &lease)
+            .await
+            .map(drop)
+    };
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+        Ok(Ok(())) => tracing::info!(lease = %config.name, "released the lease"),
+        Ok(Err(e)) => {
+            tracing::warn!(lease = %config.name, error = %e, "could not release the lease; the others take it when it expires")
+        }
+        Err(_) => {
+            tracing::warn!(lease = %config.name, "releasing the lease timed out; the others take it when it expires")
+        }
+    }
 }
 
 /// The Lease as last seen, and when it was first seen like that.
@@ -77,7 +135,16 @@ enum Attempt {
     Following,
 }
 
-async fn campaign(api: Api<Lease>, config: LeaseConfig, tx: watch::Sender<bool>) {
+/// Campaigns until every receiver is gone (`None`) or `stopping` completes
+/// (`Some(leading)`).
+async fn campaign(
+    api: impl std::borrow::Borrow<Api<Lease>>,
+    config: LeaseConfig,
+    tx: watch::Sender<bool>,
+    stopping: impl std::future::Future<Output = ()>,
+) -> Option<bool> {
+    let api = api.borrow();
+    tokio::pin!(stopping);
     let mut observed: Option<Observed> = None;
     let mut renewed_at: Option<Instant> = None;
     loop {
@@ -87,7 +154,7 @@ async fn campaign(api: Api<Lease>, config: LeaseConfig, tx: watch::Sender<bool>)
                 .min(ATTEMPT_TIMEOUT)
         });
         let attempt =
-            tokio::time::timeout(budget, try_acquire_or_renew(&api, &config, &mut observed)).await;
+            tokio::time::timeout(budget, try_acquire_or_renew(api, &config, &mut observed)).await;
         let succeeded = match attempt {
             Ok(Ok(Attempt::Leading)) => {
                 if renewed_at.is_none() {
@@ -121,7 +188,7 @@ async fn campaign(api: Api<Lease>, config: LeaseConfig, tx: watch::Sender<bool>)
         let leading = renewed_at.is_some();
         tx.send_if_modified(|current| std::mem::replace(current, leading) != leading);
         if tx.is_closed() {
-            return;
+            return None;
         }
         let pause = match (leading, succeeded) {
             (true, true) => config.renew_every,
@@ -134,7 +201,10 @@ async fn campaign(api: Api<Lease>, config: LeaseConfig, tx: watch::Sender<bool>)
             }
             (false, _) => config.retry_every,
         };
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = &mut stopping => return Some(leading),
+        }
     }
 }
 

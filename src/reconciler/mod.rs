@@ -94,16 +94,18 @@ pub fn identity() -> String {
 pub type LeaderTask = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// Campaigns for the Lease `tracehook-reconciler` in `namespace` and runs the
-/// controller, and `also`, while this replica holds it. Never returns.
+/// controller, and `also`, while this replica holds it. Never returns; on `shutdown`
+/// the Lease is released.
 pub async fn run(
     client: Client,
     namespace: String,
     identity: String,
     also: Option<LeaderTask>,
     metrics: ReconcilerMetrics,
+    shutdown: Option<leader::Shutdown>,
 ) {
     let config = leader::LeaseConfig::new(LEASE_NAME, namespace, identity.clone());
-    let mut leading = leader::elect(client.clone(), config);
+    let mut leading = leader::elect(client.clone(), config, shutdown);
     loop {
         while !*leading.borrow_and_update() {
             if leading.changed().await.is_err() {
@@ -194,7 +196,7 @@ async fn reconcile(obj: Arc<Jaeger>, ctx: Arc<Context>) -> Result<Action> {
         .as_ref()
         .map(|c| c.written.clone())
         .unwrap_or_default();
-    if obj.status.as_ref() != Some(&status) {
+    if obj.status.as_ref().map(own_part).as_ref() != Some(&status) {
         let previous = obj.status.as_ref().and_then(|s| s.phase);
         if let Err(e) = write_status(&obj, &ctx.client, &status).await {
             tracing::warn!(error = %e, "could not write the status");
@@ -367,6 +369,19 @@ fn status(jaeger: &Jaeger, outcome: Result<&Deployment, &Error>) -> JaegerStatus
         observed_generation: generation,
         collector_endpoint: Some(children::collector_endpoint(&namespace, &name)),
         query_endpoint: Some(children::query_endpoint(&namespace, &name)),
+        // The Pod counts are the Pod watch's (another field manager): never written,
+        // nor compared, here.
+        injected_pods: None,
+        missing_pods: None,
+    }
+}
+
+/// The part of a stored status the reconciler writes.
+fn own_part(status: &JaegerStatus) -> JaegerStatus {
+    JaegerStatus {
+        injected_pods: None,
+        missing_pods: None,
+        ..status.clone()
     }
 }
 
@@ -491,5 +506,23 @@ mod tests {
         let first = status(&jaeger(json!({})), Ok(&d));
         let stored = jaeger(serde_json::to_value(&first).expect("status"));
         assert_eq!(stored.status.as_ref(), Some(&status(&stored, Ok(&d))));
+    }
+
+    #[test]
+    fn the_pod_counts_of_another_manager_are_not_the_reconcilers_to_write() {
+        let d = deployment(json!({}));
+        let first = status(&jaeger(json!({})), Ok(&d));
+        let mut stored = serde_json::to_value(&first).expect("status");
+        stored["injectedPods"] = 12.into();
+        stored["missingPods"] = 3.into();
+        let stored = jaeger(stored);
+        let own = stored.status.as_ref().map(own_part);
+        assert_eq!(
+            own.as_ref(),
+            Some(&status(&stored, Ok(&d))),
+            "nothing to write"
+        );
+        let serialized = serde_json::to_value(status(&stored, Ok(&d))).expect("JSON");
+        assert!(serialized.get("injectedPods").is_none(), "{serialized}");
     }
 }

@@ -8,6 +8,7 @@
 mod certificates;
 mod faults;
 mod install;
+mod missing;
 mod real_world;
 mod reconciler;
 mod security;

@@ -443,21 +443,38 @@ async fn reaches_running_once_the_deployment_is_available() {
         "Running only once the Deployment is available"
     );
 
-    let (ok, stdout, stderr) = kubectl_stdin(env().cluster, &["get", "jg", "-n", ns], "");
-    assert!(ok, "kubectl get jg: {stderr}");
+    // The leader's Pod watch writes the counts (none here) within a scan.
+    let stdout = poll(
+        Duration::from_secs(30),
+        "kubectl get jg with counts",
+        || async {
+            let (ok, stdout, stderr) = kubectl_stdin(env().cluster, &["get", "jg", "-n", ns], "");
+            assert!(ok, "kubectl get jg: {stderr}");
+            let counted = stdout
+                .lines()
+                .nth(1)
+                .is_some_and(|row| row.split_whitespace().nth(3) == Some("0"));
+            counted.then_some(stdout)
+        },
+    )
+    .await;
     let header: Vec<&str> = stdout
         .lines()
         .next()
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["NAME", "PHASE", "STRATEGY", "AGE"]);
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "STRATEGY", "INJECTED", "MISSING", "AGE"]
+    );
     let row: Vec<&str> = stdout
         .lines()
         .nth(1)
         .unwrap_or_default()
         .split_whitespace()
         .collect();
+    assert_eq!(&row[3..5], ["0", "0"], "{stdout}");
     assert_eq!(&row[..3], ["test", "Running", "allInOne"]);
 
     let events = Api::<Event>::namespaced(client.clone(), ns)

@@ -550,6 +550,10 @@ const NEEDED: &[&str] = &[
     "update secrets/tracehook-tls -n tracehook",
     "get mutatingwebhookconfigurations.admissionregistration.k8s.io/tracehook",
     "patch mutatingwebhookconfigurations.admissionregistration.k8s.io/tracehook",
+    // Missed injections: the leader's Pod watch and the registration's selector.
+    "get pods -n shop",
+    "list pods -A",
+    "watch pods -A",
     // The reconciler: its Lease, the Jaeger status, the children.
     "create leases.coordination.k8s.io -n tracehook",
     "get leases.coordination.k8s.io/tracehook-reconciler -n tracehook",

@@ -47,3 +47,16 @@ annotations:
 {{- fail "sidecar.defaultFlavor must be jaeger-agent or otel-collector" }}
 {{- end }}
 {{- end }}
+
+{{/*
+healMissing, validated: off (also YAML 1.1's unquoted `off`, read as false), report or
+evict.
+*/}}
+{{- define "tracehook.healMissing" -}}
+{{- $heal := toString .Values.healMissing -}}
+{{- if eq $heal "false" -}}{{- $heal = "off" -}}{{- end -}}
+{{- if not (has $heal (list "off" "report" "evict")) -}}
+{{- fail (printf "healMissing must be off, report or evict, not %q" $heal) -}}
+{{- end -}}
+{{- $heal -}}
+{{- end -}}

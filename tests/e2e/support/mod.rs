@@ -40,7 +40,10 @@ pub struct Webhook {
     pub port: u16,
     pub probe_port: u16,
     pub ca_pem: String,
+    /// Every start and [`Webhook::restart`] appends to it.
     pub log: PathBuf,
+    /// `serve`'s arguments (addresses, certificates, the first start's `extra`).
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Webhook {
@@ -63,15 +66,13 @@ impl Webhook {
         let port = free_port();
         let probe_port = free_port();
         let log = dir.join("serve.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracehook"));
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--probe-listen")
-            .arg(format!("127.0.0.1:{probe_port}"))
-            .args(extra)
-            .env("KUBECONFIG", cluster.kubeconfig_path())
-            .env("RUST_LOG", "info,tracehook=debug");
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}").into(),
+            "--probe-listen".into(),
+            format!("127.0.0.1:{probe_port}").into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
         if mode == Certificates::Files {
             let status = Command::new(env!("CARGO_BIN_EXE_tracehook"))
                 .args(["certs", "--out"])
@@ -79,24 +80,70 @@ impl Webhook {
                 .status()
                 .expect("tracehook certs runs");
             assert!(status.success(), "tracehook certs failed");
-            cmd.arg("--tls-cert-file")
-                .arg(certs.join("tls.crt"))
-                .arg("--tls-key-file")
-                .arg(certs.join("tls.key"));
+            args.extend([
+                "--tls-cert-file".into(),
+                certs.join("tls.crt").into(),
+                "--tls-key-file".into(),
+                certs.join("tls.key").into(),
+            ]);
         }
-        let child = cluster
-            .spawn_attached(cmd, &log)
-            .expect("tracehook serve starts");
         let ca_pem = std::fs::read_to_string(certs.join("ca.crt")).unwrap_or_default();
         let webhook = Webhook {
-            child: Mutex::new(Some(child)),
+            child: Mutex::new(None),
             port,
             probe_port,
             ca_pem,
             log,
+            args,
         };
-        webhook.wait_ready(Duration::from_secs(60));
+        webhook.spawn(cluster, &[]);
         webhook
+    }
+
+    /// Starts `serve` with its arguments and `extra`, and waits for `/readyz`.
+    fn spawn(&self, cluster: &Cluster, extra: &[&str]) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracehook"));
+        cmd.arg("serve")
+            .args(&self.args)
+            .args(extra)
+            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("RUST_LOG", "info,tracehook=debug");
+        let child = cluster
+            .spawn_attached(cmd, &self.log)
+            .expect("tracehook serve starts");
+        *self.child.lock().expect("lock") = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Stops the process as the kubelet does (SIGTERM, SIGKILL after 30 s) and waits.
+    #[allow(
+        dead_code,
+        reason = "used by tests/real_node (tracehook stopped and started)"
+    )]
+    pub fn stop(&self) {
+        let Some(mut child) = self.child.lock().expect("lock").take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops the process and starts it again on the same addresses, with the same
+    /// certificate and arguments, and `extra` (e.g. `--heal-missing=evict`).
+    #[allow(
+        dead_code,
+        reason = "used by tests/real_node (tracehook stopped and started)"
+    )]
+    pub fn restart(&self, cluster: &Cluster, extra: &[&str]) {
+        self.stop();
+        self.spawn(cluster, extra);
     }
 
     fn wait_ready(&self, timeout: Duration) {
@@ -162,35 +209,41 @@ static ENV: OnceLock<Env> = OnceLock::new();
 
 /// The shared environment, set up on first use.
 pub fn env() -> &'static Env {
-    ENV.get_or_init(|| {
-        let cluster = testcluster::shared();
-        // The set-up is async; the tests each have their own runtime, so it runs on a
-        // thread of its own.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .expect("runtime")
-                    .block_on(prepare_cluster(cluster))
-            })
-            .join()
-            .expect("cluster preparation")
-        });
-        let webhook = Webhook::start(cluster, "shared");
-        // Not named `tracehook`: the install tests dry-run the real `tracehook` configuration.
-        let config = webhook_configuration("tracehook-e2e", &webhook, "Ignore", None);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .expect("runtime")
-                    .block_on(async {
-                        let client = cluster.client().await.expect("client");
-                        apply(&client, &config).await;
-                    })
-            })
-            .join()
-            .expect("registration")
-        });
-        Env { cluster, webhook }
+    // Not named `tracehook`: the install tests dry-run the real `tracehook` configuration.
+    ENV.get_or_init(|| setup(testcluster::shared(), "shared", "tracehook-e2e"))
+}
+
+/// On `cluster`: the CRD, the instance `obs/test`, a `tracehook serve` process (webhook
+/// and reconciler) named `name`, registered as the MutatingWebhookConfiguration
+/// `registration` with `failurePolicy: Ignore`.
+pub fn setup(cluster: &'static Cluster, name: &str, registration: &str) -> Env {
+    block_on_thread(prepare_cluster(cluster));
+    // The registration it reads to tell which namespaces it sees (missed injections).
+    let webhook = Webhook::start_with(
+        cluster,
+        name,
+        Certificates::Files,
+        &["--webhook-configuration", registration],
+    );
+    let config = webhook_configuration(registration, &webhook, "Ignore", None);
+    block_on_thread(async {
+        let client = cluster.client().await.expect("client");
+        apply(&client, &config).await;
+    });
+    Env { cluster, webhook }
+}
+
+/// Runs `future` to completion on a thread and runtime of its own (the set-up is async;
+/// the tests each have their own runtime, which must not be blocked on).
+pub fn block_on_thread<T: Send>(future: impl Future<Output = T> + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(future)
+        })
+        .join()
+        .expect("set-up thread")
     })
 }
 
@@ -508,20 +561,24 @@ pub async fn delete_webhook_configuration(client: &Client, name: &str) {
 
 /// `kubectl` with a manifest on standard input; returns (success, stdout, stderr).
 pub fn kubectl_stdin(cluster: &Cluster, args: &[&str], input: &str) -> (bool, String, String) {
-    let mut child = cluster
-        .kubectl(args)
+    run_stdin(&mut cluster.kubectl(args), input)
+}
+
+/// Runs `command` with `input` on its standard input; returns (success, stdout, stderr).
+pub fn run_stdin(command: &mut Command, input: &str) -> (bool, String, String) {
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("kubectl runs");
+        .unwrap_or_else(|e| panic!("{command:?} runs: {e}"));
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(input.as_bytes())
-        .expect("write manifest");
-    let out = child.wait_with_output().expect("kubectl finishes");
+        .expect("write the input");
+    let out = child.wait_with_output().expect("the command finishes");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
