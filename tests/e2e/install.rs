@@ -96,7 +96,11 @@ async fn helm_chart_lints_renders_and_passes_the_api_servers_validation() {
             .args(["template", "tracehook"])
             .arg(&chart)
             .args(["--namespace", "tracehook-chart", "--include-crds"])
+            // The `helm test` hook creates its own namespace, which a dry run cannot
+            // hold: it is applied for real below.
+            .arg("--skip-tests")
             .args(values));
+        assert!(!rendered.contains("check-injection"), "tests are skipped");
         for kind in [
             "Deployment",
             "Service",
@@ -117,6 +121,27 @@ async fn helm_chart_lints_renders_and_passes_the_api_servers_validation() {
         );
         assert!(applied.contains("(server dry run)"), "{applied}");
     }
+    // The `helm test` hook, applied for real (its Role lives in the namespace it creates),
+    // then removed the way its hook-delete-policy would.
+    let hook = run(Command::new(&helm)
+        .args(["template", "tracehook"])
+        .arg(&chart)
+        .args(["--namespace", "tracehook-chart"])
+        .args(["--show-only", "templates/tests/check-injection.yaml"]));
+    let (ok, stdout, stderr) = kubectl_stdin(env().cluster, &["apply", "-f", "-"], &hook);
+    assert!(ok, "the helm test hook was refused:\n{stderr}\n{stdout}");
+    for object in [
+        "namespace/tracehook-check created",
+        "serviceaccount/tracehook-check created",
+        "role.rbac.authorization.k8s.io/tracehook-check created",
+        "rolebinding.rbac.authorization.k8s.io/tracehook-check created",
+        "pod/tracehook-check created",
+    ] {
+        assert!(stdout.contains(object), "{object} in:\n{stdout}");
+    }
+    let (ok, _, stderr) =
+        kubectl_stdin(env().cluster, &["delete", "--wait=false", "-f", "-"], &hook);
+    assert!(ok, "{stderr}");
     // cert-manager's kinds are not installed here: the rendering is checked, not applied.
     let cert_manager = run(Command::new(&helm)
         .args(["template", "tracehook"])
