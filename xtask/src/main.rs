@@ -5,14 +5,18 @@
 //! cargo xtask cluster up [--real-node]        start a local cluster in target/cluster/ and return when ready
 //! cargo xtask cluster status                 is it up?
 //! cargo xtask cluster down                   stop it and remove target/cluster/
-//! cargo xtask demo                           the demo: cluster, tracehook, HotROD, the injected Pod
+//! cargo xtask demo [--kwok]                  the demo: cluster and real node (or kwok), tracehook,
+//!                                            HotROD injected, one request's trace from Jaeger
 //! cargo xtask demo down                      stop the demo and the cluster
+//! cargo xtask image                          tracehook's image (no Docker), imported into a real node that is up
 //! ```
 //!
 //! `up` runs the same control plane the tests use (the `testcluster` crate), detached
 //! from this process: `KUBECONFIG=target/cluster/kubeconfig kubectl get ns`.
 
 mod demo;
+mod image;
+mod waterfall;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use testcluster::{Cluster, Component, Options};
 
-const USAGE: &str = "usage: cargo xtask cluster <build [--regenerate] | up [--real-node] | status | down> | cargo xtask demo [down]";
+const USAGE: &str = "usage: cargo xtask cluster <build [--regenerate] | up [--real-node] | status | down> | cargo xtask demo [--kwok | down] | cargo xtask image";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,8 +36,10 @@ fn main() -> ExitCode {
         ["cluster", "up", "--real-node"] => up(true),
         ["cluster", "status"] => status(),
         ["cluster", "down"] => down(),
-        ["demo"] => demo::up(),
+        ["demo"] => demo::up(false),
+        ["demo", "--kwok"] => demo::up(true),
         ["demo", "down"] => demo::down(),
+        ["image"] => image::build().map(drop),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
@@ -50,6 +56,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo`, without what `cargo run` set for xtask itself (`CARGO_PKG_*`,
+/// `CARGO_MANIFEST_*`, …): a nested build that inherits them builds tracehook anew
+/// instead of reusing what `cargo build` made (a 6-minute release build each time).
+fn cargo() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd.current_dir(workspace_root());
+    cmd
 }
 
 fn workspace_root() -> &'static Path {
