@@ -5,6 +5,7 @@
 //!
 //! Missing binaries fail the run (testcluster builds them, or says why it cannot).
 
+mod calls;
 mod certificates;
 mod faults;
 mod install;

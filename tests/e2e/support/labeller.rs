@@ -1,5 +1,8 @@
-//! A second, independent mutating webhook for the reinvocation test: it adds a label
-//! to Pods that lack it. Served over TLS on loopback like tracehook itself.
+//! A second, independent mutating webhook for the reinvocation tests: on `/mutate` it
+//! adds a label to Pods that lack it; on `/request-injection` it adds tracehook's
+//! `tracehook.dev/inject: "true"` annotation (a policy engine or a platform's own
+//! webhook doing so after tracehook has been called). Served over TLS on loopback like
+//! tracehook itself.
 
 use std::sync::Arc;
 
@@ -39,7 +42,9 @@ impl Labeller {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = Router::new().route("/mutate", post(label));
+        let router = Router::new()
+            .route("/mutate", post(label))
+            .route("/request-injection", post(request_injection));
         tokio::spawn(tracehook::server::serve_tls(
             listener,
             tokio_rustls::TlsAcceptor::from(Arc::new(config)),
@@ -55,7 +60,26 @@ impl Labeller {
         }
     }
 
+    /// A configuration that calls `/mutate` (adds [`LABEL`]) for Pods in `namespace`.
     pub fn configuration(&self, name: &str, namespace: &str) -> MutatingWebhookConfiguration {
+        self.configuration_for("mutate", name, namespace)
+    }
+
+    /// A configuration that calls `/request-injection` for Pods in `namespace`.
+    pub fn requesting_injection(
+        &self,
+        name: &str,
+        namespace: &str,
+    ) -> MutatingWebhookConfiguration {
+        self.configuration_for("request-injection", name, namespace)
+    }
+
+    fn configuration_for(
+        &self,
+        path: &str,
+        name: &str,
+        namespace: &str,
+    ) -> MutatingWebhookConfiguration {
         serde_json::from_value(json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
@@ -64,7 +88,7 @@ impl Labeller {
                 "name": "label.e2e.tracehook.dev",
                 "admissionReviewVersions": ["v1"],
                 "clientConfig": {
-                    "url": format!("https://127.0.0.1:{}/mutate", self.port),
+                    "url": format!("https://127.0.0.1:{}/{path}", self.port),
                     "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca_pem),
                 },
                 "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
@@ -88,15 +112,29 @@ impl Drop for Labeller {
 }
 
 async fn label(body: Bytes) -> axum::Json<Value> {
-    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    add_once(&body, "labels", LABEL)
+}
+
+async fn request_injection(body: Bytes) -> axum::Json<Value> {
+    add_once(&body, "annotations", "tracehook.dev/inject")
+}
+
+/// The review's answer: `key: "true"` added to the Pod's `field` (labels or
+/// annotations) unless it is there already.
+fn add_once(body: &[u8], field: &str, key: &str) -> axum::Json<Value> {
+    let review: Value = serde_json::from_slice(body).unwrap_or_default();
     let uid = review.pointer("/request/uid").cloned().unwrap_or_default();
-    let has_label = review
-        .pointer("/request/object/metadata/labels")
-        .and_then(|l| l.get(LABEL))
-        .is_some();
+    let map = review.pointer(&format!("/request/object/metadata/{field}"));
     let mut response = json!({"uid": uid, "allowed": true});
-    if !has_label {
-        let patch = json!([{"op": "add", "path": "/metadata/labels/e2e.tracehook.dev~1labelled", "value": "true"}]);
+    if map.and_then(|m| m.get(key)).is_none() {
+        let patch = match map {
+            Some(_) => {
+                json!([{"op": "add", "path": format!("/metadata/{field}/{}", key.replace('/', "~1")), "value": "true"}])
+            }
+            None => {
+                json!([{"op": "add", "path": format!("/metadata/{field}"), "value": {key: "true"}}])
+            }
+        };
         response["patchType"] = json!("JSONPatch");
         response["patch"] =
             json!(base64::engine::general_purpose::STANDARD.encode(patch.to_string()));
