@@ -5,7 +5,7 @@
 # this Debian 12 host, as distroless/cc carries Debian 12's), CA certificates,
 # /etc/passwd and /etc/group with nonroot (65532), /home/nonroot, /tmp (1777); no
 # shell. User 65532:65532, entrypoint /usr/local/bin/tracehook, cmd serve, ports 8443
-# and 8080. tests/real_node/install.rs checks it against the Dockerfile.
+# and 8080. tests/image.rs checks it against the Dockerfile.
 #
 #   tests/node/tracehook-image.sh BINARY OUT.tar NAME:TAG
 #
