@@ -13,6 +13,7 @@ pub use support::context as admit_context;
 pub use support::pods;
 
 pub mod cluster;
+pub mod detector;
 pub mod e2e;
 pub mod footprint;
 pub mod load;

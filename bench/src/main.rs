@@ -5,6 +5,7 @@
 //! tracehook-bench e2e      [--pods N] [--chunks N]
 //! tracehook-bench startup  [--runs N]
 //! tracehook-bench caches   [--namespaces N] [--instances N] [--runs N]
+//! tracehook-bench detector [--pods N] [--namespaces N] [--runs N]
 //! tracehook-bench reconciler [--instances N] [--per-namespace N] [--idle S]
 //! tracehook-bench admit-loop [--shape minimal|typical|large] [--iterations N]
 //! ```
@@ -16,9 +17,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use tracehook_bench::{e2e, footprint, load, pods, reconciler};
+use tracehook_bench::{detector, e2e, footprint, load, pods, reconciler};
 
-const USAGE: &str = "usage: tracehook-bench <load|e2e|startup|caches|reconciler|admit-loop> [flags] (see the crate docs)";
+const USAGE: &str = "usage: tracehook-bench <load|e2e|startup|caches|detector|reconciler|admit-loop> [flags] (see the crate docs)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -93,6 +94,14 @@ fn run(args: &[String]) -> Result<()> {
             flags.get("--instances", 100)?,
             flags.get("--runs", 5)?,
         )),
+        "detector" => {
+            let d = detector::Options::default();
+            runtime()?.block_on(detector::run(&detector::Options {
+                pods: flags.get("--pods", d.pods)?,
+                namespaces: flags.get("--namespaces", d.namespaces)?,
+                runs: flags.get("--runs", d.runs)?,
+            }))
+        }
         "reconciler" => runtime()?.block_on(reconciler::run(
             flags.get("--instances", 500)?,
             flags.get("--per-namespace", 10)?,

@@ -22,6 +22,14 @@ const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 /// Bounds the memory of the rate limiter.
 const MAX_REMEMBERED: usize = 10_000;
 
+/// Events written at once. Each is a request to the API server, and kube's client opens
+/// a connection per concurrent request: the detector telling 5,000 missed Pods at once
+/// held 5,000 TLS connections (150 MiB; BENCHMARKS.md, `detector`).
+const MAX_IN_FLIGHT: usize = 4;
+/// Events waiting for their turn; beyond it (the API server down for long, say) a new
+/// Event is dropped with a log line rather than held in memory.
+const MAX_WAITING: usize = 10_000;
+
 /// (namespace, kind, name, reason) → when its last Event was published.
 type Recent = Arc<Mutex<HashMap<(String, String, String, String), Instant>>>;
 
@@ -29,6 +37,8 @@ type Recent = Arc<Mutex<HashMap<(String, String, String, String), Instant>>>;
 pub struct EventSink {
     recorder: Recorder,
     recent: Recent,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl EventSink {
@@ -40,6 +50,8 @@ impl EventSink {
         Self {
             recorder: Recorder::new(client, reporter),
             recent: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            waiting: Arc::default(),
         }
     }
 
@@ -75,7 +87,8 @@ impl EventSink {
         self.publish_event(reference, EventType::Warning, reason, note);
     }
 
-    /// An Event of `type_` on `reference`, in the background.
+    /// An Event of `type_` on `reference`, in the background, at most
+    /// [`MAX_IN_FLIGHT`] at a time.
     pub fn publish_event(
         &self,
         reference: ObjectReference,
@@ -90,9 +103,20 @@ impl EventSink {
             action: "Inject".into(),
             secondary: None,
         };
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(reason, object = ?reference.name, "Event dropped: {MAX_WAITING} are waiting for the API server");
+            return;
+        }
         let recorder = self.recorder.clone();
+        let (in_flight, waiting) = (self.in_flight.clone(), self.waiting.clone());
         tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
+            let permit = in_flight.acquire_owned().await;
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            if permit.is_ok()
+                && let Err(e) = recorder.publish(&event, &reference).await
+            {
                 tracing::warn!(error = %e, "could not publish an Event");
             }
         });
