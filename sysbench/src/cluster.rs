@@ -19,7 +19,7 @@ use tracehook::crd::Jaeger;
 use crate::load::http_status;
 use crate::sys::{self, Memory};
 
-pub const MANAGER: &str = "tracehook-bench";
+pub const MANAGER: &str = "tracehook-sysbench";
 
 /// Starts a cluster and installs the CRD.
 pub async fn start() -> Result<(Cluster, Client)> {

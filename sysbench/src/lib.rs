@@ -32,14 +32,14 @@ pub fn workspace_root() -> &'static Path {
 }
 
 /// A release binary next to this one (`target/release/NAME`), which must be built
-/// already: `cargo build --release -p tracehook -p tracehook-bench`.
+/// already: `cargo build --release -p tracehook -p tracehook-sysbench`.
 pub fn release_binary(name: &str) -> Result<PathBuf> {
     let here = std::env::current_exe()?;
     let dir = here.parent().map(Path::to_path_buf).unwrap_or_default();
     let path = dir.join(name);
     if !path.exists() {
         bail!(
-            "{} is missing: run `cargo build --release -p tracehook -p tracehook-bench` first",
+            "{} is missing: run `cargo build --release -p tracehook -p tracehook-sysbench` first",
             path.display()
         );
     }
@@ -52,9 +52,9 @@ pub fn release_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A directory for one run's files under `target/bench/`.
+/// A directory for one run's files under `target/sysbench/`.
 pub fn run_dir(what: &str) -> Result<PathBuf> {
-    let dir = workspace_root().join("target").join("bench").join(what);
+    let dir = workspace_root().join("target").join("sysbench").join(what);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }

@@ -1,24 +1,24 @@
-//! `tracehook-bench`: the system benchmarks of BENCHMARKS.md.
+//! `tracehook-sysbench`: the system benchmarks of BENCHMARKS.md.
 //!
 //! ```text
-//! tracehook-bench load     [--duration S] [--rounds N] [--rate R] [--connections C] [--no-pin] [--preload LIB]
-//! tracehook-bench e2e      [--pods N] [--chunks N]
-//! tracehook-bench startup  [--runs N]
-//! tracehook-bench caches   [--namespaces N] [--instances N] [--runs N]
-//! tracehook-bench reconciler [--instances N] [--per-namespace N] [--idle S]
-//! tracehook-bench admit-loop [--shape minimal|typical|large] [--iterations N]
+//! tracehook-sysbench load     [--duration S] [--rounds N] [--rate R] [--connections C] [--no-pin] [--preload LIB]
+//! tracehook-sysbench e2e      [--pods N] [--chunks N]
+//! tracehook-sysbench startup  [--runs N]
+//! tracehook-sysbench caches   [--namespaces N] [--instances N] [--runs N]
+//! tracehook-sysbench reconciler [--instances N] [--per-namespace N] [--idle S]
+//! tracehook-sysbench admit-loop [--shape minimal|typical|large] [--iterations N]
 //! ```
 //!
-//! Build first: `cargo build --release -p tracehook -p tracehook-bench`, then run
-//! `target/release/tracehook-bench …` (it finds `tracehook` and `noop-server` next to
+//! Build first: `cargo build --release -p tracehook -p tracehook-sysbench`, then run
+//! `target/release/tracehook-sysbench …` (it finds `tracehook` and `noop-server` next to
 //! itself). `e2e` and `caches` start their own local control plane (testcluster).
 
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use tracehook_bench::{e2e, footprint, load, pods, reconciler};
+use tracehook_sysbench::{e2e, footprint, load, pods, reconciler};
 
-const USAGE: &str = "usage: tracehook-bench <load|e2e|startup|caches|reconciler|admit-loop> [flags] (see the crate docs)";
+const USAGE: &str = "usage: tracehook-sysbench <load|e2e|startup|caches|reconciler|admit-loop> [flags] (see the crate docs)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -113,7 +113,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// `server::admit` and the response encoding in a loop, for callgrind or perf:
-/// `valgrind --tool=callgrind target/release/tracehook-bench admit-loop`.
+/// `valgrind --tool=callgrind target/release/tracehook-sysbench admit-loop`.
 fn admit_loop(shape: &str, iterations: usize) -> Result<()> {
     let shape = match shape {
         "minimal" => pods::MINIMAL,
@@ -121,7 +121,7 @@ fn admit_loop(shape: &str, iterations: usize) -> Result<()> {
         "large" => pods::LARGE,
         other => bail!("unknown shape {other}"),
     };
-    let ctx = tracehook_bench::admit_context();
+    let ctx = tracehook_sysbench::admit_context();
     let body = serde_json::to_vec(&pods::review(&pods::pod(shape), "profile"))?;
     let mut bytes = 0;
     for _ in 0..iterations {

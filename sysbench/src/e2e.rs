@@ -206,7 +206,7 @@ fn pod(name: &str) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "bench"}},
         "spec": {
-            "schedulerName": "tracehook-bench-unscheduled",
+            "schedulerName": "tracehook-sysbench-unscheduled",
             "containers": [{"name": "app", "image": "registry.example/app:1"}]
         }
     }))?)

@@ -4,7 +4,7 @@
 //! nothing changes.
 //!
 //! tracehook's requests are told apart in the API server's audit log: its kube client
-//! sends no User-Agent, this driver's client sends `tracehook-bench`, and the
+//! sends no User-Agent, this driver's client sends `tracehook-sysbench`, and the
 //! control-plane components and kwok send their own.
 
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ rules:
 - level: Metadata
 ";
 
-const USER_AGENT: &str = "tracehook-bench";
+const USER_AGENT: &str = "tracehook-sysbench";
 
 pub async fn run(instances: usize, per_namespace: usize, idle: Duration) -> Result<()> {
     let dir = crate::run_dir("reconciler")?;
