@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use tracehook::inject::{InstanceRef, Settings};
-use tracehook::manifest::{self, Options};
+use tracehook::inject_command::{self, Options};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -104,8 +104,8 @@ fn options() -> Options {
 
 /// What `tracehook inject` prints for the input (as the command does, in process).
 fn tracehook_output(input: &str) -> Result<String, String> {
-    let (docs, _) = manifest::inject_values(input, &options()).map_err(|e| e.to_string())?;
-    manifest::to_yaml(&docs).map_err(|e| e.to_string())
+    let (docs, _) = inject_command::inject_values(input, &options()).map_err(|e| e.to_string())?;
+    inject_command::to_yaml(&docs).map_err(|e| e.to_string())
 }
 
 /// Single- and double-quoted spellings of a scalar.
@@ -343,7 +343,7 @@ fn check_reading(cases: &[(String, String)]) {
     let mut differences = Vec::new();
     let mut read = 0;
     for ((name, text), kubectl) in cases.iter().zip(kubectl) {
-        let ours = manifest::parse(text).map(|d| as_json(&d));
+        let ours = inject_command::parse(text).map(|d| as_json(&d));
         match (&kubectl, &ours) {
             (Ok(k), Ok(t)) if k == t => read += 1,
             (Err(_), Err(_)) => {}
@@ -552,12 +552,12 @@ fn output_fed_back_in_is_unchanged_for_the_fuzz_corpus() {
         let Ok(text) = std::str::from_utf8(&data) else {
             continue;
         };
-        let Ok((docs, _)) = manifest::inject_values(text, &options()) else {
+        let Ok((docs, _)) = inject_command::inject_values(text, &options()) else {
             continue;
         };
         readable += 1;
-        let yaml = manifest::to_yaml(&docs).expect("writes");
-        match manifest::inject_values(&yaml, &options()) {
+        let yaml = inject_command::to_yaml(&docs).expect("writes");
+        match inject_command::inject_values(&yaml, &options()) {
             Ok((again, _)) if again == docs => {}
             other => changed.push(format!("{text:?}\n{yaml}\n{:?}", other.map(|(d, _)| d))),
         }
