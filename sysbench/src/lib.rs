@@ -12,6 +12,7 @@ mod support;
 pub use support::context as admit_context;
 pub use support::pods;
 
+pub mod cli;
 pub mod cluster;
 pub mod e2e;
 pub mod footprint;

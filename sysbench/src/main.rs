@@ -1,28 +1,21 @@
-//! `tracehook-sysbench`: the system benchmarks of BENCHMARKS.md.
-//!
-//! ```text
-//! tracehook-sysbench load     [--duration S] [--rounds N] [--rate R] [--connections C] [--no-pin] [--preload LIB]
-//! tracehook-sysbench e2e      [--pods N] [--chunks N]
-//! tracehook-sysbench startup  [--runs N]
-//! tracehook-sysbench caches   [--namespaces N] [--instances N] [--runs N]
-//! tracehook-sysbench reconciler [--instances N] [--per-namespace N] [--idle S]
-//! tracehook-sysbench admit-loop [--shape minimal|typical|large] [--iterations N]
-//! ```
+//! `tracehook-sysbench`: the system benchmarks of BENCHMARKS.md (`--help` lists the
+//! subcommands and their flags, defined in `cli.rs`).
 //!
 //! Build first: `cargo build --release -p tracehook -p tracehook-sysbench`, then run
 //! `target/release/tracehook-sysbench …` (it finds `tracehook` and `noop-server` next to
 //! itself). `e2e` and `caches` start their own local control plane (testcluster).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
+use clap::Parser as _;
+use tracehook_sysbench::cli::{Cli, Command, Shape};
 use tracehook_sysbench::{e2e, footprint, load, pods, reconciler};
 
-const USAGE: &str = "usage: tracehook-sysbench <load|e2e|startup|caches|reconciler|admit-loop> [flags] (see the crate docs)";
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let cli = Cli::parse();
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -31,78 +24,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--flag value` pairs after the subcommand.
-struct Flags<'a>(&'a [String]);
-
-impl Flags<'_> {
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|a| a == name)
-    }
-
-    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.0.iter().position(|a| a == name) {
-            None => Ok(default),
-            Some(i) => {
-                let v = self
-                    .0
-                    .get(i + 1)
-                    .with_context(|| format!("{name} needs a value"))?;
-                v.parse().map_err(|e| anyhow::anyhow!("{name} {v}: {e}"))
-            }
-        }
-    }
-}
-
-fn run(args: &[String]) -> Result<()> {
-    let Some((command, rest)) = args.split_first() else {
-        bail!("{USAGE}");
-    };
-    let flags = Flags(rest);
+fn run(command: Command) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match command.as_str() {
-        "load" => {
-            let d = load::Options::default();
-            load::run(&load::Options {
-                duration: flags.get("--duration", d.duration)?,
-                rounds: flags.get("--rounds", d.rounds)?,
-                rate: flags.get("--rate", d.rate)?,
-                connections: flags.get("--connections", d.connections)?,
-                pin: !flags.has("--no-pin"),
-                preload: flags
-                    .has("--preload")
-                    .then(|| flags.get("--preload", String::new()))
-                    .transpose()?
-                    .map(Into::into),
-            })
-        }
-        "e2e" => {
-            let d = e2e::Options::default();
+    match command {
+        Command::Load {
+            duration,
+            rounds,
+            rate,
+            connections,
+            no_pin,
+            preload,
+        } => load::run(&load::Options {
+            duration,
+            rounds,
+            rate,
+            connections,
+            pin: !no_pin,
+            preload,
+        }),
+        Command::E2e { pods, chunks } => {
             let opts = e2e::Options {
-                pods: flags.get("--pods", d.pods)?,
-                chunks: flags.get("--chunks", d.chunks)?,
-                ..d
+                pods,
+                chunks,
+                ..e2e::Options::default()
             };
             runtime()?.block_on(e2e::run(&opts))
         }
-        "startup" => footprint::startup(flags.get("--runs", 30)?),
-        "caches" => runtime()?.block_on(footprint::caches(
-            flags.get("--namespaces", 1000)?,
-            flags.get("--instances", 100)?,
-            flags.get("--runs", 5)?,
+        Command::Startup { runs } => footprint::startup(runs),
+        Command::Caches {
+            namespaces,
+            instances,
+            runs,
+        } => runtime()?.block_on(footprint::caches(namespaces, instances, runs)),
+        Command::Reconciler {
+            instances,
+            per_namespace,
+            idle,
+        } => runtime()?.block_on(reconciler::run(
+            instances,
+            per_namespace,
+            Duration::from_secs(idle),
         )),
-        "reconciler" => runtime()?.block_on(reconciler::run(
-            flags.get("--instances", 500)?,
-            flags.get("--per-namespace", 10)?,
-            std::time::Duration::from_secs(flags.get("--idle", 60)?),
-        )),
-        "admit-loop" => admit_loop(
-            &flags.get("--shape", "typical".to_owned())?,
-            flags.get("--iterations", 2000)?,
-        ),
-        _ => bail!("{USAGE}"),
+        Command::AdmitLoop { shape, iterations } => admit_loop(shape, iterations),
     }
 }
 
@@ -114,12 +77,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// `server::admit` and the response encoding in a loop, for callgrind or perf:
 /// `valgrind --tool=callgrind target/release/tracehook-sysbench admit-loop`.
-fn admit_loop(shape: &str, iterations: usize) -> Result<()> {
+fn admit_loop(shape: Shape, iterations: usize) -> Result<()> {
     let shape = match shape {
-        "minimal" => pods::MINIMAL,
-        "typical" => pods::TYPICAL,
-        "large" => pods::LARGE,
-        other => bail!("unknown shape {other}"),
+        Shape::Minimal => pods::MINIMAL,
+        Shape::Typical => pods::TYPICAL,
+        Shape::Large => pods::LARGE,
     };
     let ctx = tracehook_sysbench::admit_context();
     let body = serde_json::to_vec(&pods::review(&pods::pod(shape), "profile"))?;
