@@ -24,41 +24,10 @@ use tracehook::tls::CertResolver;
 use tracehook::tls::issue::Bundle;
 
 mod common;
-use common::{TlsServer, bundle, connect, context, install_provider, roots};
-
-fn pod() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "demo", "labels": {"app": "web"}},
-        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}
-    })
-}
-
-fn review_of(uid: &str, resource: &str, operation: &str, object: Value) -> Value {
-    let (group, kind) = match resource {
-        "pods" => ("", "Pod"),
-        _ => ("apps", "Deployment"),
-    };
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": group, "version": "v1", "kind": kind},
-            "resource": {"group": group, "version": "v1", "resource": resource},
-            "namespace": "demo",
-            "operation": operation,
-            "userInfo": {"username": "admin"},
-            "object": object,
-            "dryRun": false
-        }
-    })
-}
-
-fn pod_review(uid: &str) -> Value {
-    review_of(uid, "pods", "CREATE", pod())
-}
+use common::{
+    TlsServer, bundle, connect, context, install_provider, json_body, pod, pod_review, post_json,
+    review_of, roots,
+};
 
 async fn call(
     router: Router,
@@ -402,24 +371,11 @@ fn client_config(
 }
 
 fn mutate_request(uri: &str, uid: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(pod_review(uid).to_string())))
-        .expect("a valid request")
+    post_json(uri, pod_review(uid).to_string())
 }
 
 async fn review_from(response: hyper::Response<hyper::body::Incoming>) -> Value {
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("JSON")
+    json_body(response).await
 }
 
 async fn mutate_over_http1(tls: TlsStream<TcpStream>, uid: &str) -> Value {

@@ -5,18 +5,20 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
+use axum::http::Request;
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tracehook::server::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 
 mod common;
-use common::{TlsServer, bundle, client_config, connect, context};
+use common::{
+    TlsServer, bundle, client_config, connect, context, json_body, pod_review, post_json,
+};
 
 /// How much later than the server's timeout a connection may be closed.
 const SLACK: Duration = Duration::from_secs(5);
@@ -64,42 +66,15 @@ impl Running {
 }
 
 fn review() -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "slow",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "demo",
-            "operation": "CREATE",
-            "object": {
-                "metadata": {"name": "web", "labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}
-            }
-        }
-    })
+    pod_review("slow")
 }
 
 fn request(uri: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(review().to_string())))
-        .expect("a valid request")
+    post_json(uri, review().to_string())
 }
 
 async fn assert_patched(response: hyper::Response<hyper::body::Incoming>) {
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let answer: Value = serde_json::from_slice(&body).expect("JSON");
+    let answer = json_body(response).await;
     assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
 }
 

@@ -191,40 +191,15 @@ impl Drop for Webhook {
 
 /// DESIGN.md's MutatingWebhookConfiguration `tracehook`, pointing at `webhook` by URL.
 pub fn webhook_configuration(webhook: &Webhook) -> Result<MutatingWebhookConfiguration> {
-    use base64::Engine as _;
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "tracehook"},
-        "webhooks": [{
-            "name": "inject.tracehook.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {
-                "url": webhook.url(),
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(&webhook.ca_pem),
-            },
-            "rules": [{
-                "operations": ["CREATE"],
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "resources": ["pods"],
-                "scope": "Namespaced"
-            }],
-            "sideEffects": "NoneOnDryRun",
-            "reinvocationPolicy": "IfNeeded",
-            "failurePolicy": "Ignore",
-            "timeoutSeconds": 5,
-            "matchPolicy": "Equivalent",
-            "namespaceSelector": {
-                "matchLabels": {"tracehook.dev/injection": "enabled"},
-                "matchExpressions": [{
-                    "key": "kubernetes.io/metadata.name",
-                    "operator": "NotIn",
-                    "values": ["kube-system", "kube-public", "kube-node-lease", "tracehook"]
-                }]
-            }
-        }]
-    }))?)
+    Ok(serde_json::from_value(
+        crate::registration::webhook_configuration_json(
+            "tracehook",
+            &webhook.url(),
+            &webhook.ca_pem,
+            "Ignore",
+            None,
+        ),
+    )?)
 }
 
 pub async fn register(client: &Client, config: &MutatingWebhookConfiguration) -> Result<()> {

@@ -9,6 +9,12 @@
 #[path = "../../benches/support/mod.rs"]
 mod support;
 
+// One copy of these helpers, shared with the integration tests.
+#[path = "../../tests/common/http.rs"]
+mod raw_http;
+#[path = "../../tests/common/registration.rs"]
+mod registration;
+
 pub use support::context as admit_context;
 pub use support::pods;
 

@@ -1,8 +1,7 @@
 //! The shared environment of the end-to-end tests: the cluster, the `Jaeger` CRD and
 //! instance `obs/test`, one `tracehook serve` process and its registration.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Mutex, OnceLock};
@@ -306,46 +305,13 @@ pub fn webhook_configuration(
     failure_policy: &str,
     only_namespace: Option<&str>,
 ) -> MutatingWebhookConfiguration {
-    use base64::Engine as _;
-    let mut expressions = vec![json!({
-        "key": "kubernetes.io/metadata.name",
-        "operator": "NotIn",
-        "values": ["kube-system", "kube-public", "kube-node-lease", "tracehook"]
-    })];
-    if let Some(ns) = only_namespace {
-        expressions.push(json!({
-            "key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]
-        }));
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "inject.tracehook.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {
-                "url": webhook.url(),
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(&webhook.ca_pem),
-            },
-            "rules": [{
-                "operations": ["CREATE"],
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "resources": ["pods"],
-                "scope": "Namespaced"
-            }],
-            "sideEffects": "NoneOnDryRun",
-            "reinvocationPolicy": "IfNeeded",
-            "failurePolicy": failure_policy,
-            "timeoutSeconds": 5,
-            "matchPolicy": "Equivalent",
-            "namespaceSelector": {
-                "matchLabels": {"tracehook.dev/injection": "enabled"},
-                "matchExpressions": expressions
-            }
-        }]
-    }))
+    serde_json::from_value(webhook_configuration_json(
+        name,
+        &webhook.url(),
+        &webhook.ca_pem,
+        failure_policy,
+        only_namespace,
+    ))
     .expect("a valid MutatingWebhookConfiguration")
 }
 
@@ -628,23 +594,16 @@ impl Drop for MoreInstances {
     }
 }
 
-/// A plain-HTTP GET on loopback: (status, body).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
 pub mod labeller;
+
+// The helpers tests/common holds for every test binary, under the names the e2e and
+// real-node tests use.
+#[path = "../../common/http.rs"]
+mod http;
+#[path = "../../common/registration.rs"]
+mod registration;
+pub use http::http_get;
+use registration::webhook_configuration_json;
 
 pub fn rollout_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(

@@ -1,0 +1,29 @@
+//! Requests to the TLS server from hyper's clients, and their answers.
+
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use serde_json::Value;
+
+/// `POST uri` with a JSON body, for hyper's HTTP/1.1 and HTTP/2 clients.
+pub fn post_json(uri: &str, body: String) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid request")
+}
+
+/// A 200 answer's JSON body.
+pub async fn json_body(response: hyper::Response<hyper::body::Incoming>) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&body).expect("JSON")
+}
