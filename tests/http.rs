@@ -20,13 +20,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower::ServiceExt as _;
 use tracehook::server::{self, Context};
-use tracehook::tls::CertResolver;
 use tracehook::tls::issue::Bundle;
 
 mod common;
 use common::{
     TlsServer, bundle, connect, context, install_provider, json_body, pod, pod_review, post_json,
-    review_of, roots,
+    resolver, review_of, roots,
 };
 
 async fn call(
@@ -351,6 +350,15 @@ async fn metrics_count_requests_by_outcome() {
 
 // ------------------------------------------------------------------ real TLS
 
+/// The leaf certificate the server presented on `tls`.
+fn presented(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .expect("a peer certificate")[0]
+        .clone()
+}
+
 fn leaf(bundle: &Bundle) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes()).expect("leaf PEM")
 }
@@ -417,9 +425,7 @@ const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::v
 async fn tls_http1_and_http2_by_alpn() {
     install_provider();
     let bundle = bundle();
-    let resolver = Arc::new(
-        CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
-    );
+    let resolver = resolver(&bundle);
     let server = TlsServer::start(resolver, context()).await;
 
     let tls = connect(
@@ -448,9 +454,7 @@ async fn tls_http1_and_http2_by_alpn() {
 async fn tls12_only_client_is_served() {
     install_provider();
     let bundle = bundle();
-    let resolver = Arc::new(
-        CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
-    );
+    let resolver = resolver(&bundle);
     let server = TlsServer::start(resolver, context()).await;
 
     let tls12 = &[&rustls::version::TLS12][..];
@@ -480,20 +484,13 @@ async fn tls12_only_client_is_served() {
 async fn swapped_certificate_is_presented_on_the_next_handshake() {
     install_provider();
     let (first, second) = (bundle(), bundle());
-    let resolver = Arc::new(
-        CertResolver::new(first.cert_pem.as_bytes(), first.key_pem.as_bytes()).expect("resolver"),
-    );
+    let resolver = resolver(&first);
     let server = TlsServer::start(resolver.clone(), context()).await;
 
     let tls = connect(server.addr, client_config(&first.ca_pem, BOTH, b"http/1.1"))
         .await
         .expect("handshake");
-    let presented = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("a peer certificate");
-    assert_eq!(presented[0], leaf(&first));
+    assert_eq!(presented(&tls), leaf(&first));
     // A connection open across the swap keeps working.
     let kept = tls;
 
@@ -508,12 +505,7 @@ async fn swapped_certificate_is_presented_on_the_next_handshake() {
     )
     .await
     .expect("handshake with the new certificate");
-    let presented = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("a peer certificate");
-    assert_eq!(presented[0], leaf(&second));
+    assert_eq!(presented(&tls), leaf(&second));
     assert_injected(&mutate_over_http1(tls, "after-swap").await, "after-swap");
 
     // A client that trusts only the old CA no longer gets through.

@@ -16,5 +16,5 @@ pub mod world;
 pub use client::{json_body, post_json};
 pub use http::http_get;
 pub use review::{pod, pod_review, review_of};
-pub use tls::{TlsServer, bundle, client_config, connect, install_provider, roots};
+pub use tls::{TlsServer, bundle, client_config, connect, install_provider, resolver, roots};
 pub use world::context;

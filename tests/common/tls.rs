@@ -29,6 +29,13 @@ pub fn bundle() -> Bundle {
     .expect("certificates")
 }
 
+/// A resolver presenting `bundle`'s serving pair.
+pub fn resolver(bundle: &Bundle) -> Arc<CertResolver> {
+    Arc::new(
+        CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
+    )
+}
+
 /// `server::serve_tls` on a free loopback port, stopped (and drained) by [`stop`].
 ///
 /// [`stop`]: TlsServer::stop
@@ -58,11 +65,7 @@ impl TlsServer {
 
     /// With a fresh certificate for `bundle`.
     pub async fn start_with(bundle: &Bundle, ctx: Arc<Context>) -> Self {
-        let resolver = Arc::new(
-            CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())
-                .expect("resolver"),
-        );
-        Self::start(resolver, ctx).await
+        Self::start(resolver(bundle), ctx).await
     }
 
     pub async fn stop(self) {

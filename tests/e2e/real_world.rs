@@ -53,10 +53,7 @@ async fn create_deployment(client: &Client, ns: &str, deployment: &Deployment) {
 async fn limit_range(client: &Client, ns: &str, name: &str, limits: Value) {
     let range: LimitRange =
         from_json(json!({"metadata": {"name": name}, "spec": {"limits": limits}}));
-    Api::<LimitRange>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &range)
-        .await
-        .expect("LimitRange");
+    create_in(client, ns, &range).await;
 }
 
 /// Dry-run creates until the webhook's cache shows `expect_injected` (a watch event
@@ -215,10 +212,7 @@ async fn a_resource_quota_without_room_for_the_sidecar_skips_naming_it() {
         "metadata": {"name": "compute"},
         "spec": {"hard": {"requests.cpu": "100m"}}
     }));
-    Api::<ResourceQuota>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &quota)
-        .await
-        .expect("quota");
+    create_in(&client, ns, &quota).await;
     let app: Deployment = from_json(json!({
         "metadata": {"name": "api"},
         "spec": {
@@ -327,10 +321,7 @@ async fn rollout(client: &Client, ns: &str, name: &str, annotations: Value) {
         },
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template}
     }));
-    Api::<ReplicaSet>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &rs)
-        .await
-        .expect("ReplicaSet");
+    create_in(client, ns, &rs).await;
 }
 
 #[tokio::test]

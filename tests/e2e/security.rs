@@ -261,26 +261,6 @@ fn assert_no_key_material(log: &str, key_pem: &str, what: &str) {
     }
 }
 
-/// A registration without caBundle for one namespace; tracehook patches the CA in.
-fn registration(name: &str, port: u16, namespace: &str) -> MutatingWebhookConfiguration {
-    serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "inject.tracehook.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "sideEffects": "NoneOnDryRun",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-        }]
-    }))
-    .expect("registration")
-}
-
 /// Self-signed mode: the CA and serving keys are generated, stored in a Secret, the
 /// caBundle patched, Pods admitted; the keys appear nowhere in the trace log.
 #[tokio::test]
@@ -294,7 +274,11 @@ async fn no_key_material_in_trace_logs_in_self_signed_mode() {
     // Registered first: tracehook patches the caBundle when it starts (and then only
     // on its next certificate check, a minute later).
     let port = free_port();
-    apply(&client, &registration("e2e-keys", port, ns)).await;
+    apply(
+        &client,
+        &registration_without_ca_bundle("e2e-keys", port, ns, "Never"),
+    )
+    .await;
     let traced = Traced::start(
         env.cluster,
         "keys-secret",

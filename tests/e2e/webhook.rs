@@ -199,16 +199,9 @@ async fn stateful_set_pods_are_injected() {
             }
         }
     }));
-    Api::<StatefulSet>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &sts)
-        .await
-        .expect("statefulset");
-    let pods = wait_for_pods(&client, ns, "app=db", 1).await;
-    assert!(is_injected(&pods[0]));
-    assert!(
-        env_of(&pods[0], "db", "OTEL_RESOURCE_ATTRIBUTES")
-            .is_some_and(|v| v.contains("k8s.statefulset.name=db"))
-    );
+    create_in(&client, ns, &sts).await;
+    assert_one_injected_pod_of_workload(&client, ns, "app=db", "db", "k8s.statefulset.name=db")
+        .await;
 }
 
 #[tokio::test]
@@ -227,15 +220,31 @@ async fn daemon_set_pods_are_injected() {
             }
         }
     }));
-    Api::<DaemonSet>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &ds)
-        .await
-        .expect("daemonset");
-    let pods = wait_for_pods(&client, ns, "app=node-thing", 1).await;
+    create_in(&client, ns, &ds).await;
+    assert_one_injected_pod_of_workload(
+        &client,
+        ns,
+        "app=node-thing",
+        "thing",
+        "k8s.daemonset.name=collector",
+    )
+    .await;
+}
+
+/// The one Pod of `selector` is injected, and its app container's resource attributes
+/// name the workload (`attribute`).
+async fn assert_one_injected_pod_of_workload(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    container: &str,
+    attribute: &str,
+) {
+    let pods = wait_for_pods(client, ns, selector, 1).await;
     assert!(is_injected(&pods[0]));
     assert!(
-        env_of(&pods[0], "thing", "OTEL_RESOURCE_ATTRIBUTES")
-            .is_some_and(|v| v.contains("k8s.daemonset.name=collector"))
+        env_of(&pods[0], container, "OTEL_RESOURCE_ATTRIBUTES")
+            .is_some_and(|v| v.contains(attribute))
     );
 }
 
@@ -258,10 +267,7 @@ async fn job_pods_are_injected() {
     let ns = "e2e-job";
     labelled_namespace(&client, ns).await;
     let job: Job = from_json(json!({"metadata": {"name": "batch"}, "spec": job_spec("batch")}));
-    Api::<Job>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &job)
-        .await
-        .expect("job");
+    create_in(&client, ns, &job).await;
     let pods = wait_for_pods(&client, ns, "app=batch", 1).await;
     assert!(is_injected(&pods[0]));
     let init = pods[0]
@@ -290,10 +296,7 @@ async fn cron_job_pods_are_injected_through_the_owner_chain() {
         "metadata": {"name": "nightly", "annotations": {"sidecar.jaegertracing.io/inject": "test"}},
         "spec": {"schedule": "0 3 * * *", "suspend": true, "jobTemplate": {"spec": job_spec("nightly")}}
     }));
-    let cron = Api::<CronJob>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &cron)
-        .await
-        .expect("cronjob");
+    let cron = create_in(&client, ns, &cron).await;
     // What `kubectl create job --from=cronjob/nightly` does: a Job owned by the CronJob.
     let job: Job = from_json(json!({
         "metadata": {
@@ -305,10 +308,7 @@ async fn cron_job_pods_are_injected_through_the_owner_chain() {
         },
         "spec": job_spec("nightly")
     }));
-    Api::<Job>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &job)
-        .await
-        .expect("job");
+    create_in(&client, ns, &job).await;
     let pods = wait_for_pods(&client, ns, "app=nightly", 1).await;
     assert!(
         is_injected(&pods[0]),
@@ -476,10 +476,7 @@ async fn env_from_config_map_keys_are_respected() {
         "metadata": {"name": "settings"},
         "data": {"OTEL_SERVICE_NAME": "from-configmap"}
     }));
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("configmap");
+    create_in(&client, ns, &cm).await;
     let p: Pod = from_json(json!({
         "metadata": {"name": "web", "labels": {"app": "web"}},
         "spec": {"containers": [{

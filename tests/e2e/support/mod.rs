@@ -315,6 +315,49 @@ pub fn webhook_configuration(
     .expect("a valid MutatingWebhookConfiguration")
 }
 
+/// A registration for one namespace with no caBundle and failurePolicy Fail: only
+/// tracehook's patch of the CA makes it usable, and any failed call fails a Pod
+/// creation, so nothing hides a TLS error.
+pub fn registration_without_ca_bundle(
+    name: &str,
+    port: u16,
+    namespace: &str,
+    reinvocation_policy: &str,
+) -> MutatingWebhookConfiguration {
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "inject.tracehook.dev",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "sideEffects": "NoneOnDryRun",
+            "reinvocationPolicy": reinvocation_policy,
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+        }]
+    }))
+    .expect("registration")
+}
+
+/// Creates a namespaced object; the object as stored.
+pub async fn create_in<K>(client: &Client, namespace: &str, object: &K) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", K::kind(&()), object.meta().name))
+}
+
 pub async fn apply<K>(client: &Client, object: &K)
 where
     K: kube::Resource<DynamicType = ()>
