@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rstest::rstest;
@@ -26,7 +26,7 @@ use tower::ServiceExt as _;
 use tracehook::server::{self, Context};
 
 mod common;
-use common::{TlsServer, bundle, client_config, connect, context, pod, review_of};
+use common::{TlsServer, body_bytes, bundle, client_config, connect, context, pod, review_of};
 
 const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bad");
 
@@ -167,12 +167,7 @@ async fn post_in_memory(ctx: &Arc<Context>, body: Vec<u8>) -> (StatusCode, Bytes
         .await
         .expect("infallible");
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     (status, body)
 }
 
@@ -347,12 +342,7 @@ impl Running {
             .expect("a valid request");
         let response = sender.send_request(request).await?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(response).await;
         Ok((status, body))
     }
 

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::CertificateDer;
@@ -24,8 +24,8 @@ use tracehook::tls::issue::Bundle;
 
 mod common;
 use common::{
-    TlsServer, bundle, connect, context, install_provider, json_body, pod, pod_review, post_json,
-    resolver, review_of, roots,
+    TlsServer, body_bytes, bundle, connect, context, install_provider, json_body, pod, pod_review,
+    post_json, resolver, review_of, roots,
 };
 
 async fn call(
@@ -47,12 +47,7 @@ async fn call(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     (status, content_type, body)
 }
 

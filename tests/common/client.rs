@@ -1,8 +1,8 @@
 //! Requests to the TLS server from hyper's clients, and their answers.
 
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
+use hyper::body::{Body, Bytes};
 use serde_json::Value;
 
 /// `POST uri` with a JSON body, for hyper's HTTP/1.1 and HTTP/2 clients.
@@ -16,14 +16,23 @@ pub fn post_json(uri: &str, body: String) -> Request<Full<Bytes>> {
         .expect("a valid request")
 }
 
-/// A 200 answer's JSON body.
-pub async fn json_body(response: hyper::Response<hyper::body::Incoming>) -> Value {
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response
+/// A whole answer's body (hyper's client, or axum's router called in memory).
+pub async fn body_bytes<B>(response: Response<B>) -> Bytes
+where
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    response
         .into_body()
         .collect()
         .await
         .expect("body")
-        .to_bytes();
+        .to_bytes()
+}
+
+/// A 200 answer's JSON body.
+pub async fn json_body(response: hyper::Response<hyper::body::Incoming>) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = body_bytes(response).await;
     serde_json::from_slice(&body).expect("JSON")
 }

@@ -13,7 +13,7 @@ pub mod review;
 pub mod tls;
 pub mod world;
 
-pub use client::{json_body, post_json};
+pub use client::{body_bytes, json_body, post_json};
 pub use http::http_get;
 pub use review::{pod, pod_review, review_of};
 pub use tls::{TlsServer, bundle, client_config, connect, install_provider, resolver, roots};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -387,12 +387,7 @@ async fn admit_over_tls(port: u16, ca_pem: &str) -> Value {
         .body(Full::new(Bytes::from(review.to_string())))
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     serde_json::from_slice(&body).expect("JSON")
 }
 

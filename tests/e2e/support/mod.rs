@@ -641,10 +641,15 @@ pub mod labeller;
 
 // The helpers tests/common holds for every test binary, under the names the e2e and
 // real-node tests use.
+#[allow(dead_code)]
+#[path = "../../common/client.rs"]
+mod client;
 #[path = "../../common/http.rs"]
 mod http;
 #[path = "../../common/registration.rs"]
 mod registration;
+#[allow(unused_imports)]
+pub use client::body_bytes;
 pub use http::http_get;
 use registration::webhook_configuration_json;
 
