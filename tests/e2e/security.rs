@@ -101,13 +101,13 @@ async fn tls_1_0_and_1_1_handshakes_fail_and_1_2_and_1_3_succeed() {
 
 // ------------------------------------------------------------------ plain HTTP
 
-/// A raw HTTP/1.1 POST of an AdmissionReview; returns what came back.
-fn plain_post(port: u16, path: &str) -> String {
-    let body = json!({
+/// The creation of a Pod in `default` that asks for `obs/test`.
+fn review_asking_for_injection(uid: &str) -> serde_json::Value {
+    json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
-            "uid": "plain",
+            "uid": uid,
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": "default",
@@ -116,7 +116,11 @@ fn plain_post(port: u16, path: &str) -> String {
                        "spec": {"containers": [{"name": "a", "image": "b"}]}}
         }
     })
-    .to_string();
+}
+
+/// A raw HTTP/1.1 POST of an AdmissionReview; returns what came back.
+fn plain_post(port: u16, path: &str) -> String {
+    let body = review_asking_for_injection("plain").to_string();
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -368,19 +372,7 @@ async fn admit_over_tls(port: u16, ca_pem: &str) -> Value {
         .await
         .expect("HTTP/1.1");
     tokio::spawn(connection);
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "keys",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "default",
-            "operation": "CREATE",
-            "object": {"metadata": {"name": "p", "annotations": {"tracehook.dev/inject": "obs/test"}},
-                       "spec": {"containers": [{"name": "a", "image": "b"}]}}
-        }
-    });
+    let review = review_asking_for_injection("keys");
     let request = hyper::Request::post("/mutate")
         .header("host", "localhost")
         .header("content-type", "application/json")

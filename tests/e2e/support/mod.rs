@@ -249,6 +249,21 @@ pub fn block_on_thread<T: Send>(future: impl Future<Output = T> + Send) -> T {
 /// Installs the CRD and the instance `obs/test`.
 async fn prepare_cluster(cluster: &Cluster) {
     let client = cluster.client().await.expect("client");
+    install_jaeger_crd(&client).await;
+    cluster
+        .create_namespace(INSTANCE_NS)
+        .await
+        .expect("instance namespace");
+    // tracehook's own namespace, where the shared process keeps its Lease.
+    cluster
+        .create_namespace("tracehook")
+        .await
+        .expect("tracehook's namespace");
+    create_instance(&client, INSTANCE_NS, INSTANCE).await;
+}
+
+/// Applies the `Jaeger` CRD and waits until it is established.
+pub async fn install_jaeger_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
         "jaegers.tracehook.dev",
@@ -273,27 +288,21 @@ async fn prepare_cluster(cluster: &Cluster) {
         },
     )
     .await;
-    cluster
-        .create_namespace(INSTANCE_NS)
-        .await
-        .expect("instance namespace");
-    // tracehook's own namespace, where the shared process keeps its Lease.
-    cluster
-        .create_namespace("tracehook")
-        .await
-        .expect("tracehook's namespace");
-    let jaegers: Api<Jaeger> = Api::namespaced(client, INSTANCE_NS);
+}
+
+/// Creates the instance `Jaeger namespace/name` with an empty spec.
+pub async fn create_instance(client: &Client, namespace: &str, name: &str) {
     let instance: Jaeger = serde_json::from_value(json!({
         "apiVersion": "tracehook.dev/v1alpha1",
         "kind": "Jaeger",
-        "metadata": {"name": INSTANCE, "namespace": INSTANCE_NS},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {}
     }))
     .expect("instance");
-    jaegers
+    Api::<Jaeger>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &instance)
         .await
-        .expect("instance created");
+        .unwrap_or_else(|e| panic!("creating Jaeger {namespace}/{name}: {e}"));
 }
 
 /// The MutatingWebhookConfiguration of DESIGN.md, pointing at `webhook` by URL (how
