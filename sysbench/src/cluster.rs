@@ -7,6 +7,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -83,6 +84,25 @@ pub async fn create_namespace(
 }
 
 /// Creates a `Jaeger` instance with an empty spec.
+/// Creates `count` instances, 16 in flight; `place(i)` is the i-th one's namespace and
+/// name.
+pub async fn create_instances(
+    client: &Client,
+    count: usize,
+    place: impl Fn(usize) -> (String, String),
+) -> Result<()> {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            let (namespace, name) = place(i);
+            async move { create_instance(&client, &namespace, &name).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
 pub async fn create_instance(client: &Client, namespace: &str, name: &str) -> Result<()> {
     let jaeger: Jaeger = serde_json::from_value(json!({
         "apiVersion": "tracehook.dev/v1alpha1",

@@ -254,11 +254,7 @@ fn report(opts: &Options, tables: &Tables, webhook: &Webhook) -> Result<String> 
         "\ntracehook serve after the run: {}",
         webhook.memory()
     )?;
-    writeln!(
-        report,
-        "\nother busy processes at the end: {}",
-        sys::busy_processes()
-    )?;
+    crate::end_report(&mut report)?;
     Ok(report)
 }
 

@@ -68,3 +68,29 @@ pub fn run_dir(what: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// The last line of every report: what else was busy on the machine at the end, so a
+/// reader can judge the figures.
+pub fn end_report(report: &mut String) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    writeln!(
+        report,
+        "\nother busy processes at the end: {}",
+        sys::busy_processes()
+    )
+}
+
+/// `tracehook serve` without a cluster (`--no-cluster --instance obs/test`) listening
+/// on `port`, its probes on `probe_port`: the arguments, added to `cmd`.
+pub fn serve_without_cluster(cmd: &mut std::process::Command, port: u16, probe_port: u16) {
+    cmd.args([
+        "serve",
+        "--no-cluster",
+        "--instance",
+        "obs/test",
+        "--listen",
+    ])
+    .arg(format!("127.0.0.1:{port}"))
+    .arg("--probe-listen")
+    .arg(format!("127.0.0.1:{probe_port}"));
+}

@@ -190,20 +190,11 @@ fn set_up(opts: &Options) -> Result<Setup> {
     let tracehook_server = |name: &str, probe_port: u16, preload: Option<&Path>| {
         let port = sys::free_port();
         let mut cmd = pinned(opts.pin, "1", &tracehook);
-        cmd.args([
-            "serve",
-            "--no-cluster",
-            "--instance",
-            "obs/test",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--probe-listen")
-        .arg(format!("127.0.0.1:{probe_port}"))
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key);
+        crate::serve_without_cluster(&mut cmd, port, probe_port);
+        cmd.arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key);
         if let Some(lib) = preload {
             cmd.env("LD_PRELOAD", lib);
         }
@@ -417,11 +408,7 @@ fn counts_report(probe_port: u16, report: &mut String) -> Result<()> {
         writeln!(report, "{line}")?;
     }
     writeln!(report, "```")?;
-    writeln!(
-        report,
-        "\nother busy processes at the end: {}",
-        sys::busy_processes()
-    )?;
+    crate::end_report(report)?;
     Ok(())
 }
 

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
-use futures::{StreamExt as _, TryStreamExt as _, stream};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -156,22 +155,13 @@ async fn measure(
 }
 
 async fn create_instances(client: &Client, instances: usize, per_namespace: usize) -> Result<()> {
-    stream::iter(0..instances)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                cluster::create_instance(
-                    &client,
-                    &format!("tenant-{:03}", i / per_namespace),
-                    &format!("jaeger-{}", i % per_namespace),
-                )
-                .await
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
+    cluster::create_instances(client, instances, |i| {
+        (
+            format!("tenant-{:03}", i / per_namespace),
+            format!("jaeger-{}", i % per_namespace),
+        )
+    })
+    .await
 }
 
 /// Polls until every instance is `Running`; how long that took from `started`.
@@ -252,11 +242,7 @@ fn report(m: &Measured, instances: usize, per_namespace: usize, idle: Duration) 
         "| tracehook serve memory after the idle period | {memory_idle} |"
     )?;
     request_tables(&mut report, busy, quiet, instances)?;
-    writeln!(
-        report,
-        "\nother busy processes at the end: {}",
-        sys::busy_processes()
-    )?;
+    crate::end_report(&mut report)?;
     Ok(report)
 }
 
