@@ -12,14 +12,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-async fn client() -> Client {
-    env().cluster.client().await.expect("client")
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("valid object")
-}
-
 #[tokio::test]
 async fn labelled_namespace_pod_gets_the_native_sidecar() {
     let _instances = sole_instance().await;
@@ -117,13 +109,7 @@ async fn deployment_annotated_the_jaeger_operator_way_injects_pods_without_a_rol
     let ns = "e2e-deployment";
     // The label sends Pods to the webhook; the namespace itself says no, so only the
     // Deployment's annotation, found through Pod → ReplicaSet → Deployment, can say yes.
-    namespace(
-        &client,
-        ns,
-        json!({"tracehook.dev/injection": "enabled"}),
-        json!({"tracehook.dev/inject": "false"}),
-    )
-    .await;
+    labelled_namespace_saying_no(&client, ns).await;
     let template = json!({
         "metadata": {"labels": {"app": "hotrod"}},
         "spec": {"containers": [{"name": "hotrod", "image": "jaegertracing/example-hotrod:1.62.0"}]}
@@ -183,10 +169,8 @@ async fn deployment_annotated_the_jaeger_operator_way_injects_pods_without_a_rol
 
 #[tokio::test]
 async fn stateful_set_pods_are_injected() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-statefulset";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let sts: StatefulSet = from_json(json!({
         "metadata": {"name": "db"},
         "spec": {
@@ -206,10 +190,8 @@ async fn stateful_set_pods_are_injected() {
 
 #[tokio::test]
 async fn daemon_set_pods_are_injected() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-daemonset";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let ds: DaemonSet = from_json(json!({
         "metadata": {"name": "collector"},
         "spec": {
@@ -262,10 +244,8 @@ fn job_spec(label: &str) -> Value {
 
 #[tokio::test]
 async fn job_pods_are_injected() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-job";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let job: Job = from_json(json!({"metadata": {"name": "batch"}, "spec": job_spec("batch")}));
     create_in(&client, ns, &job).await;
     let pods = wait_for_pods(&client, ns, "app=batch", 1).await;
@@ -285,13 +265,7 @@ async fn cron_job_pods_are_injected_through_the_owner_chain() {
     let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-cronjob";
-    namespace(
-        &client,
-        ns,
-        json!({"tracehook.dev/injection": "enabled"}),
-        json!({"tracehook.dev/inject": "false"}),
-    )
-    .await;
+    labelled_namespace_saying_no(&client, ns).await;
     let cron: CronJob = from_json(json!({
         "metadata": {"name": "nightly", "annotations": {"sidecar.jaegertracing.io/inject": "test"}},
         "spec": {"schedule": "0 3 * * *", "suspend": true, "jobTemplate": {"spec": job_spec("nightly")}}
@@ -322,10 +296,8 @@ async fn cron_job_pods_are_injected_through_the_owner_chain() {
 
 #[tokio::test]
 async fn dry_run_create_gets_the_patch() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-dryrun";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let returned = pods
         .create(
@@ -346,10 +318,8 @@ async fn dry_run_create_gets_the_patch() {
 
 #[tokio::test]
 async fn a_skip_leaves_an_event_but_a_dry_run_skip_does_not() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-events";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let asking = |name: &str| -> Pod {
         from_json(json!({
             "metadata": {"name": name, "annotations": {"tracehook.dev/inject": "obs/missing"}},
@@ -427,10 +397,8 @@ async fn a_skipped_pod_is_told_why_in_a_warning() {
 
 #[tokio::test]
 async fn named_instance_from_another_namespace() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-named";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let stored = create_pod(
         &client,
         ns,
@@ -445,10 +413,8 @@ async fn named_instance_from_another_namespace() {
 
 #[tokio::test]
 async fn otel_collector_flavor() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-otel";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let stored = create_pod(
         &client,
         ns,
@@ -468,10 +434,8 @@ async fn otel_collector_flavor() {
 
 #[tokio::test]
 async fn env_from_config_map_keys_are_respected() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-envfrom";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let cm: ConfigMap = from_json(json!({
         "metadata": {"name": "settings"},
         "data": {"OTEL_SERVICE_NAME": "from-configmap"}
@@ -499,10 +463,8 @@ async fn env_from_config_map_keys_are_respected() {
 
 #[tokio::test]
 async fn injected_pod_reaches_running_on_the_kwok_node() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-running";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     create_pod(&client, ns, &pod("web", json!({}))).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let p = poll(Duration::from_secs(60), "the Pod to be Running", || {

@@ -441,6 +441,38 @@ pub async fn namespace(client: &Client, name: &str, labels: Value, annotations: 
     .await;
 }
 
+/// An admin client of the shared cluster.
+pub async fn client() -> Client {
+    env().cluster.client().await.expect("client")
+}
+
+pub fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("valid object")
+}
+
+/// The start of most tests of the shared webhook: the lock that keeps `obs/test` the
+/// only instance, an admin client, and the test's own labelled namespace `ns`.
+pub async fn sole_instance_in_labelled_namespace(
+    ns: &str,
+) -> (RwLockReadGuard<'static, ()>, Client) {
+    let instances = sole_instance().await;
+    let client = client().await;
+    labelled_namespace(&client, ns).await;
+    (instances, client)
+}
+
+/// A namespace whose label sends Pods to the webhook but whose own annotation says
+/// `false`: only a more specific level (the Pod, its owning workload) can say yes.
+pub async fn labelled_namespace_saying_no(client: &Client, name: &str) {
+    namespace(
+        client,
+        name,
+        json!({"tracehook.dev/injection": "enabled"}),
+        json!({"tracehook.dev/inject": "false"}),
+    )
+    .await;
+}
+
 /// A labelled namespace (`tracehook.dev/injection=enabled`).
 pub async fn labelled_namespace(client: &Client, name: &str) {
     namespace(
