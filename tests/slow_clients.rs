@@ -78,6 +78,14 @@ async fn assert_patched(response: hyper::Response<hyper::body::Incoming>) {
     assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
 }
 
+/// The head of a raw HTTP/1.1 `POST /mutate` of `body`.
+fn post_head(body: &str) -> String {
+    format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+}
+
 /// Reads until the server closes the connection (EOF, reset or TLS close); returns
 /// when that happened, or `None` if it stayed open past `limit`.
 async fn closed_within<S>(stream: &mut S, limit: Duration) -> Option<Duration>
@@ -208,10 +216,7 @@ async fn idle_http1_keep_alive_connections_are_closed() {
     let server = start().await;
     let mut tls = server.tls(b"http/1.1").await;
     let body = review().to_string();
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = post_head(&body);
     tls.write_all(head.as_bytes()).await.expect("write");
     tls.write_all(body.as_bytes()).await.expect("write");
     tls.flush().await.expect("flush");
@@ -273,10 +278,7 @@ async fn a_body_sent_byte_by_byte_is_cut_off() {
     let server = start().await;
     let mut tls = server.tls(b"http/1.1").await;
     let body = review().to_string();
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = post_head(&body);
     tls.write_all(head.as_bytes()).await.expect("write");
     tls.flush().await.expect("flush");
     let start = Instant::now();

@@ -13,14 +13,15 @@
 //!   The corpus holds no document that `inject` changes (kinds it leaves alone, Pods
 //!   annotated `tracehook.dev/inject: "false"`), so the output must equal the input.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
 use tracehook::inject::{InstanceRef, Settings};
 use tracehook::inject_command::{self, Options};
+
+mod common;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -456,25 +457,8 @@ fn the_command_prints_what_kubectl_reads_as_the_input() {
     // The same check through the binary as users run it, on the shape.
     let input = std::fs::read_to_string(Path::new(ROOT).join("tests/data/yaml11/modes.yaml"))
         .expect("modes.yaml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracehook"))
-        .args(["inject", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tracehook runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("tracehook finishes");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::tracehook(&["inject", "-f", "-"], &input);
+    common::assert_success(&out);
     let output = String::from_utf8(out.stdout).expect("utf-8");
     let read = kubectl_reads(&[input, output.clone()]);
     let before = read[0].as_ref().expect("kubectl reads the input");
