@@ -11,7 +11,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::{ClientConfig, ProtocolVersion, SupportedProtocolVersion};
@@ -24,8 +24,8 @@ use tracehook::tls::issue::Bundle;
 
 mod common;
 use common::{
-    TlsServer, body_bytes, bundle, connect, context, install_provider, json_body, pod, pod_review,
-    post_json, resolver, review_of, roots,
+    TlsServer, body_bytes, bundle, connect, context, http2_client, install_provider, json_body,
+    pod, pod_review, post_json, resolver, review_of, roots,
 };
 
 async fn call(
@@ -398,11 +398,7 @@ async fn mutate_over_http1(tls: TlsStream<TcpStream>, uid: &str) -> Value {
 }
 
 async fn mutate_over_http2(tls: TlsStream<TcpStream>, uid: &str) -> Value {
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("HTTP/2 handshake");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = http2_client(tls).await;
     let response = sender
         .send_request(mutate_request("https://localhost/mutate", uid))
         .await

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::http::Request;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -17,7 +17,8 @@ use tracehook::server::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 
 mod common;
 use common::{
-    TlsServer, bundle, client_config, connect, context, json_body, pod_review, post_json,
+    TlsServer, bundle, client_config, connect, context, http2_client, json_body, pod_review,
+    post_json,
 };
 
 /// How much later than the server's timeout a connection may be closed.
@@ -237,11 +238,7 @@ async fn idle_http1_keep_alive_connections_are_closed() {
 async fn idle_http2_connections_are_closed() {
     let server = start().await;
     let tls = server.tls(b"h2").await;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("HTTP/2 handshake");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = http2_client(tls).await;
     let response = sender
         .send_request(request("https://localhost/mutate"))
         .await

@@ -36,3 +36,19 @@ pub async fn json_body(response: hyper::Response<hyper::body::Incoming>) -> Valu
     let body = body_bytes(response).await;
     serde_json::from_slice(&body).expect("JSON")
 }
+
+/// An HTTP/2 client over `tls`, its connection driven by a task of its own.
+pub async fn http2_client(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    (sender, tokio::spawn(connection))
+}

@@ -15,7 +15,7 @@ pub mod review;
 pub mod tls;
 pub mod world;
 
-pub use client::{body_bytes, json_body, post_json};
+pub use client::{body_bytes, http2_client, json_body, post_json};
 pub use command::{assert_success, tracehook};
 pub use http::http_get;
 pub use review::{pod, pod_review, review_of};

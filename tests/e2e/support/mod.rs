@@ -333,23 +333,16 @@ pub fn registration_without_ca_bundle(
     namespace: &str,
     reinvocation_policy: &str,
 ) -> MutatingWebhookConfiguration {
-    serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "inject.tracehook.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "sideEffects": "NoneOnDryRun",
-            "reinvocationPolicy": reinvocation_policy,
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-        }]
-    }))
-    .expect("registration")
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let mut config = webhook_configuration_json(name, &url, "", "Fail", None);
+    let webhook = &mut config["webhooks"][0];
+    if let Some(client_config) = webhook["clientConfig"].as_object_mut() {
+        client_config.remove("caBundle");
+    }
+    webhook["reinvocationPolicy"] = reinvocation_policy.into();
+    webhook["namespaceSelector"] =
+        json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
+    serde_json::from_value(config).expect("registration")
 }
 
 /// Creates a namespaced object; the object as stored.
