@@ -47,13 +47,7 @@ pub async fn install_crd(client: &Client) -> Result<()> {
         let established = crds
             .get("jaegers.tracehook.dev")
             .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
+            .is_ok_and(|crd| crate::crd::established(&crd));
         if established {
             return Ok(());
         }

@@ -10,6 +10,8 @@
 mod support;
 
 // One copy of these helpers, shared with the integration tests.
+#[path = "../../tests/common/crd.rs"]
+mod crd;
 #[path = "../../tests/common/http.rs"]
 mod raw_http;
 #[path = "../../tests/common/registration.rs"]

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod command;
+pub mod crd;
 pub mod http;
 pub mod registration;
 pub mod review;
@@ -17,6 +18,7 @@ pub mod world;
 
 pub use client::{body_bytes, http2_client, json_body, post_json};
 pub use command::{assert_success, tracehook};
+pub use crd::established;
 pub use http::http_get;
 pub use review::{pod, pod_review, review_of};
 pub use tls::{TlsServer, bundle, client_config, connect, install_provider, resolver, roots};

@@ -278,13 +278,7 @@ pub async fn install_jaeger_crd(client: &Client) {
         || async {
             crds.get("jaegers.tracehook.dev")
                 .await
-                .ok()
-                .and_then(|c| c.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
+                .is_ok_and(|crd| established(&crd))
         },
     )
     .await;
@@ -678,12 +672,15 @@ pub mod labeller;
 #[allow(dead_code)]
 #[path = "../../common/client.rs"]
 mod client;
+#[path = "../../common/crd.rs"]
+mod crd;
 #[path = "../../common/http.rs"]
 mod http;
 #[path = "../../common/registration.rs"]
 mod registration;
 #[allow(unused_imports)]
 pub use client::body_bytes;
+use crd::established;
 pub use http::http_get;
 use registration::webhook_configuration_json;
 
