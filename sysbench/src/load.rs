@@ -175,14 +175,7 @@ fn set_up(opts: &Options) -> Result<Setup> {
     if !status.success() {
         bail!("tracehook certs failed");
     }
-    let fixture = crate::workspace_root().join("tests/data/reviews/pod-asking-for-injection.json");
-    let typical = dir.join("typical-review.json");
-    let review = crate::pods::review(&crate::pods::pod(crate::pods::TYPICAL), "bench-typical");
-    std::fs::write(&typical, serde_json::to_vec(&review)?)?;
-    let bodies = [
-        ("fixture (1 container)", fixture),
-        ("typical (3 containers, 40 env)", typical),
-    ];
+    let bodies = bodies(&dir)?;
 
     let cert = certs.join("tls.crt");
     let key = certs.join("tls.key");
@@ -232,6 +225,19 @@ fn set_up(opts: &Options) -> Result<Setup> {
         baseline,
         preloaded,
     })
+}
+
+/// The two bodies every server is sent: the fixture and a typical Pod's review.
+fn bodies(dir: &Path) -> Result<[(&'static str, PathBuf); 2]> {
+    let fixture = crate::workspace_root().join("tests/data/reviews/pod-asking-for-injection.json");
+    let typical = dir.join("typical-review.json");
+    let review = crate::pods::review(&crate::pods::pod(crate::pods::TYPICAL), "bench-typical");
+    std::fs::write(&typical, serde_json::to_vec(&review)?)?;
+    let bodies = [
+        ("fixture (1 container)", fixture),
+        ("typical (3 containers, 40 env)", typical),
+    ];
+    Ok(bodies)
 }
 
 /// Throughput: every server, body and protocol for `opts.rounds` rounds, medians in
