@@ -6,7 +6,7 @@
 //! HTTP adapters, [`serve`] runs them and the rest under one supervisor; [`cluster`]
 //! holds the Kubernetes-facing caches, Events and the leader's watch of Pods missing
 //! their sidecar; [`explain`] is `tracehook explain`; [`reconciler`] provisions the
-//! `Jaeger` backends; [`manifest`] is the `tracehook inject` command's document
+//! `Jaeger` backends; [`inject_command`] is the `tracehook inject` command's document
 //! handling.
 
 pub mod admission;
@@ -14,7 +14,7 @@ pub mod cluster;
 pub mod crd;
 pub mod explain;
 pub mod inject;
-pub mod manifest;
+pub mod inject_command;
 pub mod metrics;
 pub mod reconciler;
 pub mod serve;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracehook::cluster::heal::Heal;
 use tracehook::inject::{Flavor, InstanceRef, Settings};
 use tracehook::tls::issue as certs;
-use tracehook::{Error, Result, manifest};
+use tracehook::{Error, Result, inject_command};
 
 #[derive(Parser)]
 #[command(
@@ -437,13 +437,13 @@ fn inject(args: InjectArgs) -> Result<()> {
         .map(|s| parse_instance(s).map_err(|e| Error::Argument(format!("--instance {e}"))))
         .transpose()?;
     let native = tracehook::inject::native_sidecars(args.native_sidecars.chosen(), None);
-    let options = manifest::Options {
+    let options = inject_command::Options {
         settings: settings(&args.sidecar, native, ""),
         instance,
         flavor: args.flavor.map(Flavor::from),
         namespace: args.namespace,
     };
-    let output = manifest::inject_documents(&input, &options)?;
+    let output = inject_command::inject_documents(&input, &options)?;
     print!("{output}");
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rstest::rstest;
@@ -26,7 +26,7 @@ use tower::ServiceExt as _;
 use tracehook::server::{self, Context};
 
 mod common;
-use common::{TlsServer, bundle, client_config, connect, context};
+use common::{TlsServer, body_bytes, bundle, client_config, connect, context, pod, review_of};
 
 const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bad");
 
@@ -107,34 +107,12 @@ impl Case {
     }
 }
 
-fn good_pod() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "demo", "labels": {"app": "web"}},
-        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}
-    })
-}
-
 fn review(uid: &str, pod: Value) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "demo",
-            "operation": "CREATE",
-            "userInfo": {"username": "admin"},
-            "object": pod,
-            "dryRun": false
-        }
-    })
+    review_of(uid, "pods", "CREATE", pod)
 }
 
 fn generate(g: &Generate) -> Vec<u8> {
-    let mut pod = good_pod();
+    let mut pod = pod();
     if let Some(n) = g.containers {
         pod["spec"]["containers"] = (0..n)
             .map(|i| json!({"name": format!("c{i}"), "image": "nginx:1.27"}))
@@ -189,12 +167,7 @@ async fn post_in_memory(ctx: &Arc<Context>, body: Vec<u8>) -> (StatusCode, Bytes
         .await
         .expect("infallible");
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     (status, body)
 }
 
@@ -369,12 +342,7 @@ impl Running {
             .expect("a valid request");
         let response = sender.send_request(request).await?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(response).await;
         Ok((status, body))
     }
 
@@ -397,7 +365,7 @@ async fn a_tls_server_answers_every_bad_review_as_the_router_does_and_stays_heal
     }
     // Still healthy: a good review gets its patch, nothing is left in flight.
     let (status, body) = server
-        .post(review("after", good_pod()).to_string().into_bytes())
+        .post(review("after", pod()).to_string().into_bytes())
         .await;
     assert_eq!(status, StatusCode::OK);
     let answer: Value = serde_json::from_slice(&body).expect("JSON");

@@ -1,26 +1,11 @@
 //! The `tracehook` command as users run it: `inject`, `certs`, `crd`.
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-fn tracehook(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracehook"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tracehook runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write");
-    child.wait_with_output().expect("tracehook finishes")
-}
+mod common;
+use common::{assert_success, tracehook};
 
 fn docs(yaml: &[u8]) -> Vec<Value> {
     serde_saphyr::from_multiple(std::str::from_utf8(yaml).expect("utf-8")).expect("YAML output")
@@ -50,11 +35,7 @@ spec:
 #[test]
 fn inject_gives_a_deployment_template_one_native_jaeger_agent_and_the_env() {
     let out = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], DEPLOYMENT);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let doc = &docs(&out.stdout)[0];
     let spec = &doc["spec"]["template"]["spec"];
     let init = spec["initContainers"].as_array().expect("init containers");
@@ -113,11 +94,7 @@ fn inject_handles_every_workload_kind_and_passes_others_through() {
          apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: cj}}\nspec:\n  schedule: '* * * * *'\n  jobTemplate:\n    spec:\n      template:{t8}\n"
     );
     let out = tracehook(&["inject", "-f", "-", "--instance", "obs/test"], &input);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let docs = docs(&out.stdout);
     assert_eq!(docs.len(), 7);
     assert_eq!(docs[0]["data"]["k"], "v");
@@ -253,11 +230,7 @@ fn octal_file_modes_keep_their_value() {
         &["inject", "-f", "-", "--instance", "obs/test"],
         DEPLOYMENT_WITH_MODES,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let doc = &docs(text.as_bytes())[0];
     let spec = &doc["spec"]["template"]["spec"];
@@ -478,11 +451,7 @@ fn output_without_a_namespace_is_right_in_any_namespace() {
     // `tracehook inject -f app.yaml | kubectl apply -n shop -f -` used to bake in
     // `default`: JAEGER_SERVICE_NAME=myapp.default, k8s.namespace.name=default.
     let out = tracehook(&["inject", "-f", "-"], DEPLOYMENT_WITHOUT_NAMESPACE);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let doc = &docs(&out.stdout)[0];
     let spec = &doc["spec"]["template"]["spec"];
     let env = env_map(&spec["containers"][0]);

@@ -9,9 +9,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::{ClientConfig, ProtocolVersion, SupportedProtocolVersion};
@@ -20,45 +20,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower::ServiceExt as _;
 use tracehook::server::{self, Context};
-use tracehook::tls::CertResolver;
 use tracehook::tls::issue::Bundle;
 
 mod common;
-use common::{TlsServer, bundle, connect, context, install_provider, roots};
-
-fn pod() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "demo", "labels": {"app": "web"}},
-        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}
-    })
-}
-
-fn review_of(uid: &str, resource: &str, operation: &str, object: Value) -> Value {
-    let (group, kind) = match resource {
-        "pods" => ("", "Pod"),
-        _ => ("apps", "Deployment"),
-    };
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": group, "version": "v1", "kind": kind},
-            "resource": {"group": group, "version": "v1", "resource": resource},
-            "namespace": "demo",
-            "operation": operation,
-            "userInfo": {"username": "admin"},
-            "object": object,
-            "dryRun": false
-        }
-    })
-}
-
-fn pod_review(uid: &str) -> Value {
-    review_of(uid, "pods", "CREATE", pod())
-}
+use common::{
+    TlsServer, body_bytes, bundle, connect, context, http2_client, install_provider, json_body,
+    pod, pod_review, post_json, resolver, review_of, roots,
+};
 
 async fn call(
     router: Router,
@@ -79,12 +47,7 @@ async fn call(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     (status, content_type, body)
 }
 
@@ -382,6 +345,15 @@ async fn metrics_count_requests_by_outcome() {
 
 // ------------------------------------------------------------------ real TLS
 
+/// The leaf certificate the server presented on `tls`.
+fn presented(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .expect("a peer certificate")[0]
+        .clone()
+}
+
 fn leaf(bundle: &Bundle) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes()).expect("leaf PEM")
 }
@@ -402,24 +374,11 @@ fn client_config(
 }
 
 fn mutate_request(uri: &str, uid: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(pod_review(uid).to_string())))
-        .expect("a valid request")
+    post_json(uri, pod_review(uid).to_string())
 }
 
 async fn review_from(response: hyper::Response<hyper::body::Incoming>) -> Value {
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("JSON")
+    json_body(response).await
 }
 
 async fn mutate_over_http1(tls: TlsStream<TcpStream>, uid: &str) -> Value {
@@ -439,11 +398,7 @@ async fn mutate_over_http1(tls: TlsStream<TcpStream>, uid: &str) -> Value {
 }
 
 async fn mutate_over_http2(tls: TlsStream<TcpStream>, uid: &str) -> Value {
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("HTTP/2 handshake");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = http2_client(tls).await;
     let response = sender
         .send_request(mutate_request("https://localhost/mutate", uid))
         .await
@@ -461,9 +416,7 @@ const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::v
 async fn tls_http1_and_http2_by_alpn() {
     install_provider();
     let bundle = bundle();
-    let resolver = Arc::new(
-        CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
-    );
+    let resolver = resolver(&bundle);
     let server = TlsServer::start(resolver, context()).await;
 
     let tls = connect(
@@ -492,9 +445,7 @@ async fn tls_http1_and_http2_by_alpn() {
 async fn tls12_only_client_is_served() {
     install_provider();
     let bundle = bundle();
-    let resolver = Arc::new(
-        CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()).expect("resolver"),
-    );
+    let resolver = resolver(&bundle);
     let server = TlsServer::start(resolver, context()).await;
 
     let tls12 = &[&rustls::version::TLS12][..];
@@ -524,20 +475,13 @@ async fn tls12_only_client_is_served() {
 async fn swapped_certificate_is_presented_on_the_next_handshake() {
     install_provider();
     let (first, second) = (bundle(), bundle());
-    let resolver = Arc::new(
-        CertResolver::new(first.cert_pem.as_bytes(), first.key_pem.as_bytes()).expect("resolver"),
-    );
+    let resolver = resolver(&first);
     let server = TlsServer::start(resolver.clone(), context()).await;
 
     let tls = connect(server.addr, client_config(&first.ca_pem, BOTH, b"http/1.1"))
         .await
         .expect("handshake");
-    let presented = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("a peer certificate");
-    assert_eq!(presented[0], leaf(&first));
+    assert_eq!(presented(&tls), leaf(&first));
     // A connection open across the swap keeps working.
     let kept = tls;
 
@@ -552,12 +496,7 @@ async fn swapped_certificate_is_presented_on_the_next_handshake() {
     )
     .await
     .expect("handshake with the new certificate");
-    let presented = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("a peer certificate");
-    assert_eq!(presented[0], leaf(&second));
+    assert_eq!(presented(&tls), leaf(&second));
     assert_injected(&mutate_over_http1(tls, "after-swap").await, "after-swap");
 
     // A client that trusts only the old CA no longer gets through.

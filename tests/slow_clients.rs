@@ -5,18 +5,21 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
+use axum::http::Request;
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Value, json};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tracehook::server::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 
 mod common;
-use common::{TlsServer, bundle, client_config, connect, context};
+use common::{
+    TlsServer, bundle, client_config, connect, context, http2_client, json_body, pod_review,
+    post_json,
+};
 
 /// How much later than the server's timeout a connection may be closed.
 const SLACK: Duration = Duration::from_secs(5);
@@ -64,43 +67,24 @@ impl Running {
 }
 
 fn review() -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "slow",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "demo",
-            "operation": "CREATE",
-            "object": {
-                "metadata": {"name": "web", "labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}
-            }
-        }
-    })
+    pod_review("slow")
 }
 
 fn request(uri: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(review().to_string())))
-        .expect("a valid request")
+    post_json(uri, review().to_string())
 }
 
 async fn assert_patched(response: hyper::Response<hyper::body::Incoming>) {
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let answer: Value = serde_json::from_slice(&body).expect("JSON");
+    let answer = json_body(response).await;
     assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
+}
+
+/// The head of a raw HTTP/1.1 `POST /mutate` of `body`.
+fn post_head(body: &str) -> String {
+    format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
 }
 
 /// Reads until the server closes the connection (EOF, reset or TLS close); returns
@@ -233,10 +217,7 @@ async fn idle_http1_keep_alive_connections_are_closed() {
     let server = start().await;
     let mut tls = server.tls(b"http/1.1").await;
     let body = review().to_string();
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = post_head(&body);
     tls.write_all(head.as_bytes()).await.expect("write");
     tls.write_all(body.as_bytes()).await.expect("write");
     tls.flush().await.expect("flush");
@@ -257,11 +238,7 @@ async fn idle_http1_keep_alive_connections_are_closed() {
 async fn idle_http2_connections_are_closed() {
     let server = start().await;
     let tls = server.tls(b"h2").await;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("HTTP/2 handshake");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = http2_client(tls).await;
     let response = sender
         .send_request(request("https://localhost/mutate"))
         .await
@@ -298,10 +275,7 @@ async fn a_body_sent_byte_by_byte_is_cut_off() {
     let server = start().await;
     let mut tls = server.tls(b"http/1.1").await;
     let body = review().to_string();
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = post_head(&body);
     tls.write_all(head.as_bytes()).await.expect("write");
     tls.flush().await.expect("flush");
     let start = Instant::now();

@@ -13,14 +13,15 @@
 //!   The corpus holds no document that `inject` changes (kinds it leaves alone, Pods
 //!   annotated `tracehook.dev/inject: "false"`), so the output must equal the input.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
 use tracehook::inject::{InstanceRef, Settings};
-use tracehook::manifest::{self, Options};
+use tracehook::inject_command::{self, Options};
+
+mod common;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -104,8 +105,8 @@ fn options() -> Options {
 
 /// What `tracehook inject` prints for the input (as the command does, in process).
 fn tracehook_output(input: &str) -> Result<String, String> {
-    let (docs, _) = manifest::inject_values(input, &options()).map_err(|e| e.to_string())?;
-    manifest::to_yaml(&docs).map_err(|e| e.to_string())
+    let (docs, _) = inject_command::inject_values(input, &options()).map_err(|e| e.to_string())?;
+    inject_command::to_yaml(&docs).map_err(|e| e.to_string())
 }
 
 /// Single- and double-quoted spellings of a scalar.
@@ -343,7 +344,7 @@ fn check_reading(cases: &[(String, String)]) {
     let mut differences = Vec::new();
     let mut read = 0;
     for ((name, text), kubectl) in cases.iter().zip(kubectl) {
-        let ours = manifest::parse(text).map(|d| as_json(&d));
+        let ours = inject_command::parse(text).map(|d| as_json(&d));
         match (&kubectl, &ours) {
             (Ok(k), Ok(t)) if k == t => read += 1,
             (Err(_), Err(_)) => {}
@@ -456,25 +457,8 @@ fn the_command_prints_what_kubectl_reads_as_the_input() {
     // The same check through the binary as users run it, on the shape.
     let input = std::fs::read_to_string(Path::new(ROOT).join("tests/data/yaml11/modes.yaml"))
         .expect("modes.yaml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracehook"))
-        .args(["inject", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tracehook runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("tracehook finishes");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::tracehook(&["inject", "-f", "-"], &input);
+    common::assert_success(&out);
     let output = String::from_utf8(out.stdout).expect("utf-8");
     let read = kubectl_reads(&[input, output.clone()]);
     let before = read[0].as_ref().expect("kubectl reads the input");
@@ -552,12 +536,12 @@ fn output_fed_back_in_is_unchanged_for_the_fuzz_corpus() {
         let Ok(text) = std::str::from_utf8(&data) else {
             continue;
         };
-        let Ok((docs, _)) = manifest::inject_values(text, &options()) else {
+        let Ok((docs, _)) = inject_command::inject_values(text, &options()) else {
             continue;
         };
         readable += 1;
-        let yaml = manifest::to_yaml(&docs).expect("writes");
-        match manifest::inject_values(&yaml, &options()) {
+        let yaml = inject_command::to_yaml(&docs).expect("writes");
+        match inject_command::inject_values(&yaml, &options()) {
             Ok((again, _)) if again == docs => {}
             other => changed.push(format!("{text:?}\n{yaml}\n{:?}", other.map(|(d, _)| d))),
         }

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tracehook::inject::{InstanceRef, Settings};
-use tracehook::manifest::{self, Options};
+use tracehook::inject_command::{self, Options};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -23,12 +23,12 @@ fuzz_target!(|data: &[u8]| {
         // Unknown for half the inputs: the downward-API path.
         namespace: data.len().is_multiple_of(5).then(|| "default".to_owned()),
     };
-    let Ok((docs, _)) = manifest::inject_values(text, &options) else {
+    let Ok((docs, _)) = inject_command::inject_values(text, &options) else {
         return;
     };
     // What the command prints, fed back in, comes out unchanged.
-    let yaml = manifest::to_yaml(&docs).expect("the output serializes as YAML");
-    let (again, _) = manifest::inject_values(&yaml, &options)
+    let yaml = inject_command::to_yaml(&docs).expect("the output serializes as YAML");
+    let (again, _) = inject_command::inject_values(&yaml, &options)
         .unwrap_or_else(|e| panic!("the output does not parse back: {e}\n{yaml}"));
     assert_eq!(again, docs, "injecting the output changed it:\n{yaml}");
 });

@@ -44,16 +44,13 @@ trait Workloadish:
 {
 }
 
-impl<K> Workloadish for K where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static
-{
-}
+// Listed, not a blanket impl: the bounds are stated once, above.
+impl Workloadish for ReplicaSet {}
+impl Workloadish for Deployment {}
+impl Workloadish for StatefulSet {}
+impl Workloadish for DaemonSet {}
+impl Workloadish for Job {}
+impl Workloadish for CronJob {}
 
 #[derive(Clone)]
 pub struct Caches {

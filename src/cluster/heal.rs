@@ -27,7 +27,7 @@ use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
 use super::events::{EventSink, api_version_of};
-use super::missing::Missing;
+use super::missing::{Missing, pod_reference};
 use super::registration::{Seen, WEBHOOK_NAME};
 use crate::metrics::{EvictionLabels, PodMetrics};
 
@@ -172,14 +172,7 @@ fn replacement_ready(pods: &[Arc<Pod>], controller: &str, since: Timestamp) -> b
 
 /// An Event on the evicted Pod and on the workload a user wrote.
 fn tell(events: &EventSink, m: &Missing) {
-    let pod = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        namespace: Some(m.namespace.clone()),
-        name: Some(m.name.clone()),
-        uid: Some(m.uid.clone()),
-        ..ObjectReference::default()
-    };
+    let pod = pod_reference(m);
     let note = format!(
         "evicted by tracehook (--heal-missing=evict): it had no tracing sidecar of {}; its controller replaces it and the replacement is injected",
         m.instance

@@ -352,7 +352,7 @@ async fn write_counts(client: &Client, instance: &InstanceRef, counts: Counts) -
     .map(drop)
 }
 
-fn pod_reference(m: &Missing) -> ObjectReference {
+pub(super) fn pod_reference(m: &Missing) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),

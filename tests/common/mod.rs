@@ -1,133 +1,25 @@
-//! The set-up the HTTP test files share (after Kubewarden's `tests/common/mod.rs`): the
-//! fixed world, a real TLS server on a free loopback port, and a TLS client that trusts
-//! its CA. Each test file uses part of it.
-#![allow(dead_code)]
+//! The set-up the test files share (after Kubewarden's `tests/common/mod.rs`), one copy
+//! of each helper: the fixed world (`world.rs`), a real TLS server and a client that
+//! trusts it (`tls.rs`), AdmissionReview builders (`review.rs`), hyper requests and answers
+//! (`client.rs`), the raw loopback GET (`http.rs`), and the webhook's registration (`registration.rs`), and the `tracehook`
+//! binary run with text on stdin (`command.rs`).
+//! Each test file uses part of it; `tests/e2e/support` and `sysbench` include the parts
+//! they share.
+#![allow(dead_code, unused_imports)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+pub mod client;
+pub mod command;
+pub mod crd;
+pub mod http;
+pub mod registration;
+pub mod review;
+pub mod tls;
+pub mod world;
 
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracehook::cluster::{FixedWorld, Lookup};
-use tracehook::inject::{Instance, NamespaceMeta, Settings};
-use tracehook::server::{self, Context};
-use tracehook::tls::issue::{self as certs, Bundle};
-use tracehook::tls::{self, CertResolver};
-
-/// Namespace `demo` labelled for injection, and one instance, `obs/test`.
-pub fn context() -> Arc<Context> {
-    let mut demo = NamespaceMeta::named("demo");
-    demo.labels
-        .insert("tracehook.dev/injection".into(), "enabled".into());
-    let world = FixedWorld {
-        namespaces: [("demo".to_owned(), demo)].into(),
-        instances: vec![Instance {
-            namespace: "obs".into(),
-            name: "test".into(),
-            ..Instance::default()
-        }]
-        .into(),
-    };
-    Arc::new(Context::new(
-        Settings::default(),
-        Lookup::Fixed(Arc::new(world)),
-    ))
-}
-
-/// The process's one crypto provider (only the first call installs it).
-pub fn install_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// A CA and a serving pair for `tracehook.tracehook.svc` and localhost, for an hour.
-pub fn bundle() -> Bundle {
-    certs::generate(
-        &certs::service_names("tracehook", "tracehook"),
-        Duration::from_secs(3600),
-    )
-    .expect("certificates")
-}
-
-/// `server::serve_tls` on a free loopback port, stopped (and drained) by [`stop`].
-///
-/// [`stop`]: TlsServer::stop
-pub struct TlsServer {
-    pub addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsServer {
-    pub async fn start(resolver: Arc<CertResolver>, ctx: Arc<Context>) -> Self {
-        install_provider();
-        let config = tls::server_config(resolver).expect("server config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve_tls(
-            listener,
-            TlsAcceptor::from(Arc::new(config)),
-            server::admission_router(ctx),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Self { addr, stop, task }
-    }
-
-    /// With a fresh certificate for `bundle`.
-    pub async fn start_with(bundle: &Bundle, ctx: Arc<Context>) -> Self {
-        let resolver = Arc::new(
-            CertResolver::new(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())
-                .expect("resolver"),
-        );
-        Self::start(resolver, ctx).await
-    }
-
-    pub async fn stop(self) {
-        self.stop_within(Duration::from_secs(15)).await;
-    }
-
-    pub async fn stop_within(self, drain: Duration) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(drain, self.task)
-            .await
-            .expect("the server drains")
-            .expect("the server task ends cleanly");
-    }
-}
-
-/// Trusts `ca_pem` only, offers `alpn`.
-pub fn client_config(ca_pem: &str, alpn: &[u8]) -> ClientConfig {
-    install_provider();
-    let mut config = ClientConfig::builder()
-        .with_root_certificates(roots(ca_pem))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    config
-}
-
-pub fn roots(ca_pem: &str) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("CA PEM")).expect("a CA certificate");
-    }
-    roots
-}
-
-/// A TLS connection to `addr` as `localhost`.
-pub async fn connect(
-    addr: SocketAddr,
-    config: ClientConfig,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("localhost").expect("a DNS name");
-    TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-}
+pub use client::{body_bytes, http2_client, json_body, post_json};
+pub use command::{assert_success, tracehook};
+pub use crd::established;
+pub use http::http_get;
+pub use review::{pod, pod_review, review_of};
+pub use tls::{TlsServer, bundle, client_config, connect, install_provider, resolver, roots};
+pub use world::context;

@@ -10,28 +10,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-/// A registration with no caBundle: only tracehook's patch makes it usable.
-fn registration(name: &str, port: u16, namespace: &str) -> MutatingWebhookConfiguration {
-    serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "inject.tracehook.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "sideEffects": "NoneOnDryRun",
-            "reinvocationPolicy": "IfNeeded",
-            // Any failed call would fail a Pod creation: nothing hides a TLS error.
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-        }]
-    }))
-    .expect("registration")
-}
-
 fn leaf_of(secret: &Secret) -> Vec<u8> {
     secret
         .data
@@ -67,7 +45,11 @@ async fn renewals_while_pods_are_created_fail_no_admission() {
             "30s",
         ],
     );
-    apply(&client, &registration("e2e-rotation", webhook.port, ns)).await;
+    apply(
+        &client,
+        &registration_without_ca_bundle("e2e-rotation", webhook.port, ns, "IfNeeded"),
+    )
+    .await;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     wait_until(
         Duration::from_secs(30),

@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, CustomResourceExt as _};
 use serde_json::{Value, json};
 use testcluster::{Cluster, Options};
-use tracehook::crd::Jaeger;
 
 use crate::support::*;
 
@@ -77,45 +75,12 @@ enum Fault {
 
 /// The CRD, and the instance `obs/test` (what the shared environment has).
 async fn prepare(cluster: &Cluster, client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "jaegers.tracehook.dev",
-        &PatchParams::apply("tracehook-e2e").force(),
-        &Patch::Apply(Jaeger::crd()),
-    )
-    .await
-    .expect("CRD applied");
-    wait_until(Duration::from_secs(30), "the CRD established", || async {
-        crds.get("jaegers.tracehook.dev")
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
+    install_jaeger_crd(client).await;
     cluster
         .create_namespace(INSTANCE_NS)
         .await
         .expect("instance namespace");
     create_instance(client, INSTANCE_NS, INSTANCE).await;
-}
-
-async fn create_instance(client: &Client, namespace: &str, name: &str) {
-    let instance: Jaeger = serde_json::from_value(json!({
-        "apiVersion": "tracehook.dev/v1alpha1",
-        "kind": "Jaeger",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {}
-    }))
-    .expect("instance");
-    Api::<Jaeger>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &instance)
-        .await
-        .unwrap_or_else(|e| panic!("creating Jaeger {namespace}/{name}: {e}"));
 }
 
 /// Creates Pods in `namespace` until one is injected; returns how many it took and

@@ -16,10 +16,6 @@ use tracehook::crd::Jaeger;
 
 use crate::support::*;
 
-async fn client() -> Client {
-    env().cluster.client().await.expect("client")
-}
-
 /// `tracehook explain SUBJECT -n NAMESPACE`: (exit code, stdout).
 fn explain(subject: &str, namespace: &str) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tracehook"))

@@ -14,14 +14,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-async fn client() -> Client {
-    env().cluster.client().await.expect("client")
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("valid object")
-}
-
 /// A Deployment shaped like bookinfo's services: one container with requests and a
 /// memory limit, no cpu limit.
 fn bookinfo_like(name: &str, replicas: i32) -> Deployment {
@@ -53,10 +45,7 @@ async fn create_deployment(client: &Client, ns: &str, deployment: &Deployment) {
 async fn limit_range(client: &Client, ns: &str, name: &str, limits: Value) {
     let range: LimitRange =
         from_json(json!({"metadata": {"name": name}, "spec": {"limits": limits}}));
-    Api::<LimitRange>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &range)
-        .await
-        .expect("LimitRange");
+    create_in(client, ns, &range).await;
 }
 
 /// Dry-run creates until the webhook's cache shows `expect_injected` (a watch event
@@ -115,10 +104,8 @@ fn sidecar_resources(pod: &Pod) -> Value {
 
 #[tokio::test]
 async fn a_limit_range_max_below_the_default_limit_no_longer_blocks_pods() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-limit-max";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     limit_range(
         &client,
         ns,
@@ -142,10 +129,8 @@ async fn a_limit_range_max_below_the_default_limit_no_longer_blocks_pods() {
 
 #[tokio::test]
 async fn a_max_limit_request_ratio_is_met_by_raising_the_request() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-limit-ratio";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     limit_range(
         &client,
         ns,
@@ -184,10 +169,8 @@ async fn a_max_limit_request_ratio_is_met_by_raising_the_request() {
 
 #[tokio::test]
 async fn a_sidecar_limit_the_user_chose_above_the_max_is_skipped_with_an_event() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-limit-user";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     limit_range(
         &client,
         ns,
@@ -207,18 +190,13 @@ async fn a_sidecar_limit_the_user_chose_above_the_max_is_skipped_with_an_event()
 
 #[tokio::test]
 async fn a_resource_quota_without_room_for_the_sidecar_skips_naming_it() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-quota";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let quota: ResourceQuota = from_json(json!({
         "metadata": {"name": "compute"},
         "spec": {"hard": {"requests.cpu": "100m"}}
     }));
-    Api::<ResourceQuota>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &quota)
-        .await
-        .expect("quota");
+    create_in(&client, ns, &quota).await;
     let app: Deployment = from_json(json!({
         "metadata": {"name": "api"},
         "spec": {
@@ -257,10 +235,8 @@ async fn a_resource_quota_without_room_for_the_sidecar_skips_naming_it() {
 
 #[tokio::test]
 async fn a_partial_injection_is_an_event_on_the_workload() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-partial";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     // A Secret in envFrom may define the SDK's variables: they are withheld, and a
     // person must be able to see that, not only the ReplicaSet controller.
     let app: Deployment = from_json(json!({
@@ -327,10 +303,7 @@ async fn rollout(client: &Client, ns: &str, name: &str, annotations: Value) {
         },
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template}
     }));
-    Api::<ReplicaSet>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &rs)
-        .await
-        .expect("ReplicaSet");
+    create_in(client, ns, &rs).await;
 }
 
 #[tokio::test]

@@ -23,10 +23,6 @@ use crate::support::*;
 
 const DEFAULT_IMAGE: &str = "jaegertracing/jaeger:2.12.0";
 
-async fn client() -> Client {
-    env().cluster.client().await.expect("client")
-}
-
 /// A `Jaeger` created by a test, deleted again when the test ends (passed or not), so
 /// that `true` in other tests' namespaces keeps naming the shared instance.
 struct Instance {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -101,13 +101,13 @@ async fn tls_1_0_and_1_1_handshakes_fail_and_1_2_and_1_3_succeed() {
 
 // ------------------------------------------------------------------ plain HTTP
 
-/// A raw HTTP/1.1 POST of an AdmissionReview; returns what came back.
-fn plain_post(port: u16, path: &str) -> String {
-    let body = json!({
+/// The creation of a Pod in `default` that asks for `obs/test`.
+fn review_asking_for_injection(uid: &str) -> serde_json::Value {
+    json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
-            "uid": "plain",
+            "uid": uid,
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": "default",
@@ -116,7 +116,11 @@ fn plain_post(port: u16, path: &str) -> String {
                        "spec": {"containers": [{"name": "a", "image": "b"}]}}
         }
     })
-    .to_string();
+}
+
+/// A raw HTTP/1.1 POST of an AdmissionReview; returns what came back.
+fn plain_post(port: u16, path: &str) -> String {
+    let body = review_asking_for_injection("plain").to_string();
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -261,26 +265,6 @@ fn assert_no_key_material(log: &str, key_pem: &str, what: &str) {
     }
 }
 
-/// A registration without caBundle for one namespace; tracehook patches the CA in.
-fn registration(name: &str, port: u16, namespace: &str) -> MutatingWebhookConfiguration {
-    serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "inject.tracehook.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "sideEffects": "NoneOnDryRun",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-        }]
-    }))
-    .expect("registration")
-}
-
 /// Self-signed mode: the CA and serving keys are generated, stored in a Secret, the
 /// caBundle patched, Pods admitted; the keys appear nowhere in the trace log.
 #[tokio::test]
@@ -294,7 +278,11 @@ async fn no_key_material_in_trace_logs_in_self_signed_mode() {
     // Registered first: tracehook patches the caBundle when it starts (and then only
     // on its next certificate check, a minute later).
     let port = free_port();
-    apply(&client, &registration("e2e-keys", port, ns)).await;
+    apply(
+        &client,
+        &registration_without_ca_bundle("e2e-keys", port, ns, "Never"),
+    )
+    .await;
     let traced = Traced::start(
         env.cluster,
         "keys-secret",
@@ -384,31 +372,14 @@ async fn admit_over_tls(port: u16, ca_pem: &str) -> Value {
         .await
         .expect("HTTP/1.1");
     tokio::spawn(connection);
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "keys",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "default",
-            "operation": "CREATE",
-            "object": {"metadata": {"name": "p", "annotations": {"tracehook.dev/inject": "obs/test"}},
-                       "spec": {"containers": [{"name": "a", "image": "b"}]}}
-        }
-    });
+    let review = review_asking_for_injection("keys");
     let request = hyper::Request::post("/mutate")
         .header("host", "localhost")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(review.to_string())))
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     serde_json::from_slice(&body).expect("JSON")
 }
 

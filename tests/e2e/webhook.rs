@@ -12,14 +12,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-async fn client() -> Client {
-    env().cluster.client().await.expect("client")
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("valid object")
-}
-
 #[tokio::test]
 async fn labelled_namespace_pod_gets_the_native_sidecar() {
     let _instances = sole_instance().await;
@@ -117,13 +109,7 @@ async fn deployment_annotated_the_jaeger_operator_way_injects_pods_without_a_rol
     let ns = "e2e-deployment";
     // The label sends Pods to the webhook; the namespace itself says no, so only the
     // Deployment's annotation, found through Pod → ReplicaSet → Deployment, can say yes.
-    namespace(
-        &client,
-        ns,
-        json!({"tracehook.dev/injection": "enabled"}),
-        json!({"tracehook.dev/inject": "false"}),
-    )
-    .await;
+    labelled_namespace_saying_no(&client, ns).await;
     let template = json!({
         "metadata": {"labels": {"app": "hotrod"}},
         "spec": {"containers": [{"name": "hotrod", "image": "jaegertracing/example-hotrod:1.62.0"}]}
@@ -183,10 +169,8 @@ async fn deployment_annotated_the_jaeger_operator_way_injects_pods_without_a_rol
 
 #[tokio::test]
 async fn stateful_set_pods_are_injected() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-statefulset";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let sts: StatefulSet = from_json(json!({
         "metadata": {"name": "db"},
         "spec": {
@@ -199,24 +183,15 @@ async fn stateful_set_pods_are_injected() {
             }
         }
     }));
-    Api::<StatefulSet>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &sts)
-        .await
-        .expect("statefulset");
-    let pods = wait_for_pods(&client, ns, "app=db", 1).await;
-    assert!(is_injected(&pods[0]));
-    assert!(
-        env_of(&pods[0], "db", "OTEL_RESOURCE_ATTRIBUTES")
-            .is_some_and(|v| v.contains("k8s.statefulset.name=db"))
-    );
+    create_in(&client, ns, &sts).await;
+    assert_one_injected_pod_of_workload(&client, ns, "app=db", "db", "k8s.statefulset.name=db")
+        .await;
 }
 
 #[tokio::test]
 async fn daemon_set_pods_are_injected() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-daemonset";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let ds: DaemonSet = from_json(json!({
         "metadata": {"name": "collector"},
         "spec": {
@@ -227,15 +202,31 @@ async fn daemon_set_pods_are_injected() {
             }
         }
     }));
-    Api::<DaemonSet>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &ds)
-        .await
-        .expect("daemonset");
-    let pods = wait_for_pods(&client, ns, "app=node-thing", 1).await;
+    create_in(&client, ns, &ds).await;
+    assert_one_injected_pod_of_workload(
+        &client,
+        ns,
+        "app=node-thing",
+        "thing",
+        "k8s.daemonset.name=collector",
+    )
+    .await;
+}
+
+/// The one Pod of `selector` is injected, and its app container's resource attributes
+/// name the workload (`attribute`).
+async fn assert_one_injected_pod_of_workload(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    container: &str,
+    attribute: &str,
+) {
+    let pods = wait_for_pods(client, ns, selector, 1).await;
     assert!(is_injected(&pods[0]));
     assert!(
-        env_of(&pods[0], "thing", "OTEL_RESOURCE_ATTRIBUTES")
-            .is_some_and(|v| v.contains("k8s.daemonset.name=collector"))
+        env_of(&pods[0], container, "OTEL_RESOURCE_ATTRIBUTES")
+            .is_some_and(|v| v.contains(attribute))
     );
 }
 
@@ -253,15 +244,10 @@ fn job_spec(label: &str) -> Value {
 
 #[tokio::test]
 async fn job_pods_are_injected() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-job";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let job: Job = from_json(json!({"metadata": {"name": "batch"}, "spec": job_spec("batch")}));
-    Api::<Job>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &job)
-        .await
-        .expect("job");
+    create_in(&client, ns, &job).await;
     let pods = wait_for_pods(&client, ns, "app=batch", 1).await;
     assert!(is_injected(&pods[0]));
     let init = pods[0]
@@ -279,21 +265,12 @@ async fn cron_job_pods_are_injected_through_the_owner_chain() {
     let _instances = sole_instance().await;
     let client = client().await;
     let ns = "e2e-cronjob";
-    namespace(
-        &client,
-        ns,
-        json!({"tracehook.dev/injection": "enabled"}),
-        json!({"tracehook.dev/inject": "false"}),
-    )
-    .await;
+    labelled_namespace_saying_no(&client, ns).await;
     let cron: CronJob = from_json(json!({
         "metadata": {"name": "nightly", "annotations": {"sidecar.jaegertracing.io/inject": "test"}},
         "spec": {"schedule": "0 3 * * *", "suspend": true, "jobTemplate": {"spec": job_spec("nightly")}}
     }));
-    let cron = Api::<CronJob>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &cron)
-        .await
-        .expect("cronjob");
+    let cron = create_in(&client, ns, &cron).await;
     // What `kubectl create job --from=cronjob/nightly` does: a Job owned by the CronJob.
     let job: Job = from_json(json!({
         "metadata": {
@@ -305,10 +282,7 @@ async fn cron_job_pods_are_injected_through_the_owner_chain() {
         },
         "spec": job_spec("nightly")
     }));
-    Api::<Job>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &job)
-        .await
-        .expect("job");
+    create_in(&client, ns, &job).await;
     let pods = wait_for_pods(&client, ns, "app=nightly", 1).await;
     assert!(
         is_injected(&pods[0]),
@@ -322,10 +296,8 @@ async fn cron_job_pods_are_injected_through_the_owner_chain() {
 
 #[tokio::test]
 async fn dry_run_create_gets_the_patch() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-dryrun";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let returned = pods
         .create(
@@ -346,10 +318,8 @@ async fn dry_run_create_gets_the_patch() {
 
 #[tokio::test]
 async fn a_skip_leaves_an_event_but_a_dry_run_skip_does_not() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-events";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let asking = |name: &str| -> Pod {
         from_json(json!({
             "metadata": {"name": name, "annotations": {"tracehook.dev/inject": "obs/missing"}},
@@ -427,10 +397,8 @@ async fn a_skipped_pod_is_told_why_in_a_warning() {
 
 #[tokio::test]
 async fn named_instance_from_another_namespace() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-named";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let stored = create_pod(
         &client,
         ns,
@@ -445,10 +413,8 @@ async fn named_instance_from_another_namespace() {
 
 #[tokio::test]
 async fn otel_collector_flavor() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-otel";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let stored = create_pod(
         &client,
         ns,
@@ -468,18 +434,13 @@ async fn otel_collector_flavor() {
 
 #[tokio::test]
 async fn env_from_config_map_keys_are_respected() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-envfrom";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     let cm: ConfigMap = from_json(json!({
         "metadata": {"name": "settings"},
         "data": {"OTEL_SERVICE_NAME": "from-configmap"}
     }));
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("configmap");
+    create_in(&client, ns, &cm).await;
     let p: Pod = from_json(json!({
         "metadata": {"name": "web", "labels": {"app": "web"}},
         "spec": {"containers": [{
@@ -502,10 +463,8 @@ async fn env_from_config_map_keys_are_respected() {
 
 #[tokio::test]
 async fn injected_pod_reaches_running_on_the_kwok_node() {
-    let _instances = sole_instance().await;
-    let client = client().await;
     let ns = "e2e-running";
-    labelled_namespace(&client, ns).await;
+    let (_instances, client) = sole_instance_in_labelled_namespace(ns).await;
     create_pod(&client, ns, &pod("web", json!({}))).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let p = poll(Duration::from_secs(60), "the Pod to be Running", || {

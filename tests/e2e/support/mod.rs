@@ -1,8 +1,7 @@
 //! The shared environment of the end-to-end tests: the cluster, the `Jaeger` CRD and
 //! instance `obs/test`, one `tracehook serve` process and its registration.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Mutex, OnceLock};
@@ -250,6 +249,21 @@ pub fn block_on_thread<T: Send>(future: impl Future<Output = T> + Send) -> T {
 /// Installs the CRD and the instance `obs/test`.
 async fn prepare_cluster(cluster: &Cluster) {
     let client = cluster.client().await.expect("client");
+    install_jaeger_crd(&client).await;
+    cluster
+        .create_namespace(INSTANCE_NS)
+        .await
+        .expect("instance namespace");
+    // tracehook's own namespace, where the shared process keeps its Lease.
+    cluster
+        .create_namespace("tracehook")
+        .await
+        .expect("tracehook's namespace");
+    create_instance(&client, INSTANCE_NS, INSTANCE).await;
+}
+
+/// Applies the `Jaeger` CRD and waits until it is established.
+pub async fn install_jaeger_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
         "jaegers.tracehook.dev",
@@ -264,37 +278,25 @@ async fn prepare_cluster(cluster: &Cluster) {
         || async {
             crds.get("jaegers.tracehook.dev")
                 .await
-                .ok()
-                .and_then(|c| c.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
+                .is_ok_and(|crd| established(&crd))
         },
     )
     .await;
-    cluster
-        .create_namespace(INSTANCE_NS)
-        .await
-        .expect("instance namespace");
-    // tracehook's own namespace, where the shared process keeps its Lease.
-    cluster
-        .create_namespace("tracehook")
-        .await
-        .expect("tracehook's namespace");
-    let jaegers: Api<Jaeger> = Api::namespaced(client, INSTANCE_NS);
+}
+
+/// Creates the instance `Jaeger namespace/name` with an empty spec.
+pub async fn create_instance(client: &Client, namespace: &str, name: &str) {
     let instance: Jaeger = serde_json::from_value(json!({
         "apiVersion": "tracehook.dev/v1alpha1",
         "kind": "Jaeger",
-        "metadata": {"name": INSTANCE, "namespace": INSTANCE_NS},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {}
     }))
     .expect("instance");
-    jaegers
+    Api::<Jaeger>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &instance)
         .await
-        .expect("instance created");
+        .unwrap_or_else(|e| panic!("creating Jaeger {namespace}/{name}: {e}"));
 }
 
 /// The MutatingWebhookConfiguration of DESIGN.md, pointing at `webhook` by URL (how
@@ -306,47 +308,50 @@ pub fn webhook_configuration(
     failure_policy: &str,
     only_namespace: Option<&str>,
 ) -> MutatingWebhookConfiguration {
-    use base64::Engine as _;
-    let mut expressions = vec![json!({
-        "key": "kubernetes.io/metadata.name",
-        "operator": "NotIn",
-        "values": ["kube-system", "kube-public", "kube-node-lease", "tracehook"]
-    })];
-    if let Some(ns) = only_namespace {
-        expressions.push(json!({
-            "key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]
-        }));
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "inject.tracehook.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {
-                "url": webhook.url(),
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(&webhook.ca_pem),
-            },
-            "rules": [{
-                "operations": ["CREATE"],
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "resources": ["pods"],
-                "scope": "Namespaced"
-            }],
-            "sideEffects": "NoneOnDryRun",
-            "reinvocationPolicy": "IfNeeded",
-            "failurePolicy": failure_policy,
-            "timeoutSeconds": 5,
-            "matchPolicy": "Equivalent",
-            "namespaceSelector": {
-                "matchLabels": {"tracehook.dev/injection": "enabled"},
-                "matchExpressions": expressions
-            }
-        }]
-    }))
+    serde_json::from_value(webhook_configuration_json(
+        name,
+        &webhook.url(),
+        &webhook.ca_pem,
+        failure_policy,
+        only_namespace,
+    ))
     .expect("a valid MutatingWebhookConfiguration")
+}
+
+/// A registration for one namespace with no caBundle and failurePolicy Fail: only
+/// tracehook's patch of the CA makes it usable, and any failed call fails a Pod
+/// creation, so nothing hides a TLS error.
+pub fn registration_without_ca_bundle(
+    name: &str,
+    port: u16,
+    namespace: &str,
+    reinvocation_policy: &str,
+) -> MutatingWebhookConfiguration {
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let mut config = webhook_configuration_json(name, &url, "", "Fail", None);
+    let webhook = &mut config["webhooks"][0];
+    if let Some(client_config) = webhook["clientConfig"].as_object_mut() {
+        client_config.remove("caBundle");
+    }
+    webhook["reinvocationPolicy"] = reinvocation_policy.into();
+    webhook["namespaceSelector"] =
+        json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
+    serde_json::from_value(config).expect("registration")
+}
+
+/// Creates a namespaced object; the object as stored.
+pub async fn create_in<K>(client: &Client, namespace: &str, object: &K) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", K::kind(&()), object.meta().name))
 }
 
 pub async fn apply<K>(client: &Client, object: &K)
@@ -419,6 +424,38 @@ pub async fn namespace(client: &Client, name: &str, labels: Value, annotations: 
         Duration::from_secs(30),
         "the default ServiceAccount",
         || async { sas.get_opt("default").await.ok().flatten().is_some() },
+    )
+    .await;
+}
+
+/// An admin client of the shared cluster.
+pub async fn client() -> Client {
+    env().cluster.client().await.expect("client")
+}
+
+pub fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("valid object")
+}
+
+/// The start of most tests of the shared webhook: the lock that keeps `obs/test` the
+/// only instance, an admin client, and the test's own labelled namespace `ns`.
+pub async fn sole_instance_in_labelled_namespace(
+    ns: &str,
+) -> (RwLockReadGuard<'static, ()>, Client) {
+    let instances = sole_instance().await;
+    let client = client().await;
+    labelled_namespace(&client, ns).await;
+    (instances, client)
+}
+
+/// A namespace whose label sends Pods to the webhook but whose own annotation says
+/// `false`: only a more specific level (the Pod, its owning workload) can say yes.
+pub async fn labelled_namespace_saying_no(client: &Client, name: &str) {
+    namespace(
+        client,
+        name,
+        json!({"tracehook.dev/injection": "enabled"}),
+        json!({"tracehook.dev/inject": "false"}),
     )
     .await;
 }
@@ -628,23 +665,24 @@ impl Drop for MoreInstances {
     }
 }
 
-/// A plain-HTTP GET on loopback: (status, body).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
 pub mod labeller;
+
+// The helpers tests/common holds for every test binary, under the names the e2e and
+// real-node tests use.
+#[allow(dead_code)]
+#[path = "../../common/client.rs"]
+mod client;
+#[path = "../../common/crd.rs"]
+mod crd;
+#[path = "../../common/http.rs"]
+mod http;
+#[path = "../../common/registration.rs"]
+mod registration;
+#[allow(unused_imports)]
+pub use client::body_bytes;
+use crd::established;
+pub use http::http_get;
+use registration::webhook_configuration_json;
 
 pub fn rollout_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(

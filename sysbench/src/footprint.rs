@@ -29,20 +29,9 @@ pub fn startup(runs: usize) -> Result<()> {
         let port = sys::free_port();
         let probe_port = sys::free_port();
         let started = Instant::now();
-        let mut child = Command::new(&tracehook)
-            .args([
-                "serve",
-                "--no-cluster",
-                "--instance",
-                "obs/test",
-                "--listen",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--probe-listen")
-            .arg(format!("127.0.0.1:{probe_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut cmd = Command::new(&tracehook);
+        crate::serve_without_cluster(&mut cmd, port, probe_port);
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
         let ready = loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break Some(started.elapsed());
@@ -80,11 +69,7 @@ pub fn startup(runs: usize) -> Result<()> {
         "\nVmRSS 200 ms after start, idle, no cluster: {:.1} MiB (largest of the runs)",
         rss as f64 / 1024.0
     )?;
-    writeln!(
-        report,
-        "\nother busy processes at the end: {}",
-        sys::busy_processes()
-    )?;
+    crate::end_report(&mut report)?;
     println!("{report}");
     Ok(())
 }
@@ -109,21 +94,13 @@ pub async fn caches(namespaces: usize, instances: usize, runs: usize) -> Result<
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await?;
-    stream::iter(0..instances)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                cluster::create_instance(
-                    &client,
-                    &format!("team-{:04}", i * (namespaces / instances.max(1)).max(1)),
-                    "jaeger",
-                )
-                .await
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
+    cluster::create_instances(&client, instances, |i| {
+        (
+            format!("team-{:04}", i * (namespaces / instances.max(1)).max(1)),
+            "jaeger".to_owned(),
+        )
+    })
+    .await?;
     println!(
         "{namespaces} namespaces and {instances} Jaeger instances created in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -155,11 +132,7 @@ pub async fn caches(namespaces: usize, instances: usize, runs: usize) -> Result<
     for m in &memory {
         writeln!(report, "- {m}")?;
     }
-    writeln!(
-        report,
-        "\nother busy processes at the end: {}",
-        sys::busy_processes()
-    )?;
+    crate::end_report(&mut report)?;
     println!("{report}");
     std::fs::write(dir.join("report.md"), &report)?;
     drop(cluster);

@@ -10,8 +10,6 @@
 //! once settled.
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -121,7 +119,7 @@ async fn populate(client: &kube::Client, opts: &Options) -> Result<Duration> {
                 let pod: Pod = serde_json::from_value(json!({
                     "metadata": {"name": format!("web-{i:05}"), "labels": {"app": "web"}},
                     "spec": {
-                        "schedulerName": "tracehook-bench-unscheduled",
+                        "schedulerName": "tracehook-sysbench-unscheduled",
                         "containers": [{"name": "app", "image": "registry.example/app:1"}]
                     }
                 }))?;
@@ -155,15 +153,7 @@ fn wait_reported(webhook: &Webhook, pods: usize, timeout: Duration) -> Result<Du
 }
 
 fn metrics(port: u16) -> String {
-    let mut body = String::new();
-    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-        let _ = write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        );
-        let _ = s.read_to_string(&mut body);
-    }
-    body
+    crate::load::http_get(port, "/metrics").unwrap_or_default()
 }
 
 fn report(

@@ -6,52 +6,26 @@
 //!
 //! `noop-server --listen 127.0.0.1:9443 --tls-cert-file tls.crt --tls-key-file tls.key`
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::routing::post;
+use clap::Parser as _;
 use tracehook::server::{self, MAX_BODY_BYTES};
 use tracehook::tls::{self, CertResolver};
+use tracehook_sysbench::cli::NoopArgs;
 
 /// The uid of tests/data/reviews/pod-asking-for-injection.json; the load generator
 /// does not check it.
 const RESPONSE: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"705ab4f5-6393-11e8-b7cc-42010a800002","allowed":true}}"#;
 
-struct Args {
-    listen: SocketAddr,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn args() -> Result<Args> {
-    let mut listen = None;
-    let mut cert = None;
-    let mut key = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--listen" => listen = Some(value.parse()?),
-            "--tls-cert-file" => cert = Some(PathBuf::from(value)),
-            "--tls-key-file" => key = Some(PathBuf::from(value)),
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    match (listen, cert, key) {
-        (Some(listen), Some(cert), Some(key)) => Ok(Args { listen, cert, key }),
-        _ => bail!("usage: noop-server --listen ADDR --tls-cert-file FILE --tls-key-file FILE"),
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = args()?;
+    let args = NoopArgs::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let resolver = CertResolver::new(&std::fs::read(&args.cert)?, &std::fs::read(&args.key)?)?;
     let config = tls::server_config(Arc::new(resolver))?;

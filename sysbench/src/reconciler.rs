@@ -4,16 +4,15 @@
 //! nothing changes.
 //!
 //! tracehook's requests are told apart in the API server's audit log: its kube client
-//! sends no User-Agent, this driver's client sends `tracehook-bench`, and the
+//! sends no User-Agent, this driver's client sends `tracehook-sysbench`, and the
 //! control-plane components and kwok send their own.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
-use futures::{StreamExt as _, TryStreamExt as _, stream};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -32,9 +31,44 @@ rules:
 - level: Metadata
 ";
 
-const USER_AGENT: &str = "tracehook-bench";
+const USER_AGENT: &str = "tracehook-sysbench";
+
+/// A cluster that audits every request, its tenant namespaces, and tracehook serving.
+struct Setup {
+    dir: PathBuf,
+    audit: PathBuf,
+    client: Client,
+    webhook: Webhook,
+    cluster: Cluster,
+}
+
+/// What the run measured, and when (for the audit log).
+struct Measured {
+    created: Duration,
+    running: Duration,
+    busy: Counts,
+    quiet: Counts,
+    memory_after: String,
+    memory_idle: String,
+}
 
 pub async fn run(instances: usize, per_namespace: usize, idle: Duration) -> Result<()> {
+    let Setup {
+        dir,
+        audit,
+        client,
+        webhook,
+        cluster,
+    } = set_up(instances, per_namespace).await?;
+    let measured = measure(&client, webhook, &audit, instances, per_namespace, idle).await?;
+    let report = report(&measured, instances, per_namespace, idle)?;
+    println!("{report}");
+    std::fs::write(dir.join("report.md"), &report)?;
+    drop(cluster);
+    Ok(())
+}
+
+async fn set_up(instances: usize, per_namespace: usize) -> Result<Setup> {
     let dir = crate::run_dir("reconciler")?;
     println!("{}", sys::describe_machine());
     let policy = dir.join("audit-policy.yaml");
@@ -66,53 +100,34 @@ pub async fn run(instances: usize, per_namespace: usize, idle: Duration) -> Resu
     wait_for_lease(&client).await?;
     // Let the start-up requests (lists, watches, the Lease) settle before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(Setup {
+        dir,
+        audit,
+        client,
+        webhook,
+        cluster,
+    })
+}
 
+/// Creates the instances at once, waits until all are Running, then idles; counts
+/// tracehook's requests in both periods from the audit log. Stops the webhook.
+async fn measure(
+    client: &Client,
+    webhook: Webhook,
+    audit: &Path,
+    instances: usize,
+    per_namespace: usize,
+    idle: Duration,
+) -> Result<Measured> {
     let t0 = SystemTime::now();
     let started = Instant::now();
-    stream::iter(0..instances)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                cluster::create_instance(
-                    &client,
-                    &format!("tenant-{:03}", i / per_namespace),
-                    &format!("jaeger-{}", i % per_namespace),
-                )
-                .await
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
+    create_instances(client, instances, per_namespace).await?;
     let created = started.elapsed();
     println!(
         "{instances} instances created in {:.1} s",
         created.as_secs_f64()
     );
-    let api: Api<Jaeger> = Api::all(client.clone());
-    let mut last_report = Instant::now();
-    let running = loop {
-        let list = api.list(&ListParams::default()).await?;
-        let running = list
-            .items
-            .iter()
-            .filter(|j| j.status.as_ref().and_then(|s| s.phase.as_ref()) == Some(&Phase::Running))
-            .count();
-        if running == instances {
-            break started.elapsed();
-        }
-        if last_report.elapsed() > Duration::from_secs(10) {
-            println!(
-                "  {:.0} s: {running} of {instances} Running",
-                started.elapsed().as_secs_f64()
-            );
-            last_report = Instant::now();
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            bail!("only {running} of {instances} instances Running after 30 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let running = wait_running(client, instances, started).await?;
     let t1 = SystemTime::now();
     println!(
         "all {instances} Running after {:.1} s",
@@ -129,8 +144,63 @@ pub async fn run(instances: usize, per_namespace: usize, idle: Duration) -> Resu
     // The audit log is written asynchronously (batched backend): give it a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let busy = count(&audit, t0, t1)?;
-    let quiet = count(&audit, t1, t2)?;
+    Ok(Measured {
+        created,
+        running,
+        busy: count(audit, t0, t1)?,
+        quiet: count(audit, t1, t2)?,
+        memory_after: memory_after.to_string(),
+        memory_idle: memory_idle.to_string(),
+    })
+}
+
+async fn create_instances(client: &Client, instances: usize, per_namespace: usize) -> Result<()> {
+    cluster::create_instances(client, instances, |i| {
+        (
+            format!("tenant-{:03}", i / per_namespace),
+            format!("jaeger-{}", i % per_namespace),
+        )
+    })
+    .await
+}
+
+/// Polls until every instance is `Running`; how long that took from `started`.
+async fn wait_running(client: &Client, instances: usize, started: Instant) -> Result<Duration> {
+    let api: Api<Jaeger> = Api::all(client.clone());
+    let mut last_report = Instant::now();
+    loop {
+        let list = api.list(&ListParams::default()).await?;
+        let running = list
+            .items
+            .iter()
+            .filter(|j| j.status.as_ref().and_then(|s| s.phase.as_ref()) == Some(&Phase::Running))
+            .count();
+        if running == instances {
+            return Ok(started.elapsed());
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            println!(
+                "  {:.0} s: {running} of {instances} Running",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("only {running} of {instances} instances Running after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn report(m: &Measured, instances: usize, per_namespace: usize, idle: Duration) -> Result<String> {
+    let Measured {
+        created,
+        running,
+        busy,
+        quiet,
+        memory_after,
+        memory_idle,
+    } = m;
     let mut report = String::new();
     writeln!(
         report,
@@ -171,6 +241,18 @@ pub async fn run(instances: usize, per_namespace: usize, idle: Duration) -> Resu
         report,
         "| tracehook serve memory after the idle period | {memory_idle} |"
     )?;
+    request_tables(&mut report, busy, quiet, instances)?;
+    crate::end_report(&mut report)?;
+    Ok(report)
+}
+
+/// tracehook's requests by verb and resource, busy and idle.
+fn request_tables(
+    report: &mut String,
+    busy: &Counts,
+    quiet: &Counts,
+    instances: usize,
+) -> Result<()> {
     writeln!(
         report,
         "\ntracehook's requests until all Running, by verb and resource:\n"
@@ -193,14 +275,6 @@ pub async fn run(instances: usize, per_namespace: usize, idle: Duration) -> Resu
             writeln!(report, "| {verb} | {resource} | {n} |")?;
         }
     }
-    writeln!(
-        report,
-        "\nother busy processes at the end: {}",
-        sys::busy_processes()
-    )?;
-    println!("{report}");
-    std::fs::write(dir.join("report.md"), &report)?;
-    drop(cluster);
     Ok(())
 }
 

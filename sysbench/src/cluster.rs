@@ -7,6 +7,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -19,7 +20,7 @@ use tracehook::crd::Jaeger;
 use crate::load::http_status;
 use crate::sys::{self, Memory};
 
-pub const MANAGER: &str = "tracehook-bench";
+pub const MANAGER: &str = "tracehook-sysbench";
 
 /// Starts a cluster and installs the CRD.
 pub async fn start() -> Result<(Cluster, Client)> {
@@ -46,13 +47,7 @@ pub async fn install_crd(client: &Client) -> Result<()> {
         let established = crds
             .get("jaegers.tracehook.dev")
             .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
+            .is_ok_and(|crd| crate::crd::established(&crd));
         if established {
             return Ok(());
         }
@@ -83,6 +78,25 @@ pub async fn create_namespace(
 }
 
 /// Creates a `Jaeger` instance with an empty spec.
+/// Creates `count` instances, 16 in flight; `place(i)` is the i-th one's namespace and
+/// name.
+pub async fn create_instances(
+    client: &Client,
+    count: usize,
+    place: impl Fn(usize) -> (String, String),
+) -> Result<()> {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            let (namespace, name) = place(i);
+            async move { create_instance(&client, &namespace, &name).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
 pub async fn create_instance(client: &Client, namespace: &str, name: &str) -> Result<()> {
     let jaeger: Jaeger = serde_json::from_value(json!({
         "apiVersion": "tracehook.dev/v1alpha1",
@@ -191,40 +205,15 @@ impl Drop for Webhook {
 
 /// DESIGN.md's MutatingWebhookConfiguration `tracehook`, pointing at `webhook` by URL.
 pub fn webhook_configuration(webhook: &Webhook) -> Result<MutatingWebhookConfiguration> {
-    use base64::Engine as _;
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "tracehook"},
-        "webhooks": [{
-            "name": "inject.tracehook.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {
-                "url": webhook.url(),
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(&webhook.ca_pem),
-            },
-            "rules": [{
-                "operations": ["CREATE"],
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "resources": ["pods"],
-                "scope": "Namespaced"
-            }],
-            "sideEffects": "NoneOnDryRun",
-            "reinvocationPolicy": "IfNeeded",
-            "failurePolicy": "Ignore",
-            "timeoutSeconds": 5,
-            "matchPolicy": "Equivalent",
-            "namespaceSelector": {
-                "matchLabels": {"tracehook.dev/injection": "enabled"},
-                "matchExpressions": [{
-                    "key": "kubernetes.io/metadata.name",
-                    "operator": "NotIn",
-                    "values": ["kube-system", "kube-public", "kube-node-lease", "tracehook"]
-                }]
-            }
-        }]
-    }))?)
+    Ok(serde_json::from_value(
+        crate::registration::webhook_configuration_json(
+            "tracehook",
+            &webhook.url(),
+            &webhook.ca_pem,
+            "Ignore",
+            None,
+        ),
+    )?)
 }
 
 pub async fn register(client: &Client, config: &MutatingWebhookConfiguration) -> Result<()> {

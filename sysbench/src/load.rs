@@ -92,7 +92,70 @@ impl Drop for Server {
     }
 }
 
+/// What a load run measures against: the servers, the bodies they are sent and where
+/// the run's files go.
+struct Setup {
+    dir: PathBuf,
+    oha: PathBuf,
+    /// (label, AdmissionReview file)
+    bodies: [(&'static str, PathBuf); 2],
+    /// tracehook's probe port (its `/metrics`).
+    probe_port: u16,
+    /// tracehook, the no-op baseline, and tracehook with `--preload` if asked.
+    ours: Server,
+    baseline: Server,
+    preloaded: Option<Server>,
+}
+
+impl Setup {
+    /// Baseline second: the "% of no-op" column divides by the server at index 1.
+    fn servers(&self) -> Vec<&Server> {
+        [
+            Some(&self.ours),
+            Some(&self.baseline),
+            self.preloaded.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
 pub fn run(opts: &Options) -> Result<()> {
+    let setup = set_up(opts)?;
+    let servers = setup.servers();
+    let idle: Vec<Memory> = servers
+        .iter()
+        .map(|s| Memory::of(s.child.id()).unwrap_or_default())
+        .collect();
+    for (server, memory) in servers.iter().zip(&idle) {
+        println!("idle: {} {memory}", server.name);
+    }
+
+    let sampling = Arc::new(AtomicBool::new(true));
+    let samplers: Vec<_> = servers
+        .iter()
+        .map(|s| sample_rss(s.child.id(), s.peak_rss_kib.clone(), sampling.clone()))
+        .collect();
+
+    let mut report = String::new();
+    throughput(&setup, &servers, opts, &mut report)?;
+    fixed_rate(&setup, &servers, opts, &mut report)?;
+
+    sampling.store(false, Ordering::Release);
+    for s in samplers {
+        let _ = s.join();
+    }
+    memory_report(&servers, &idle, &mut report)?;
+    counts_report(setup.probe_port, &mut report)?;
+    println!("{report}");
+    std::fs::write(setup.dir.join("report.md"), &report)?;
+    println!("(also in {})", setup.dir.join("report.md").display());
+    Ok(())
+}
+
+/// Certificates, the two bodies, and the servers started and checked.
+fn set_up(opts: &Options) -> Result<Setup> {
     let dir = crate::run_dir("load")?;
     let tracehook = crate::release_binary("tracehook")?;
     let noop = crate::release_binary("noop-server")?;
@@ -112,14 +175,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if !status.success() {
         bail!("tracehook certs failed");
     }
-    let fixture = crate::workspace_root().join("tests/data/reviews/pod-asking-for-injection.json");
-    let typical = dir.join("typical-review.json");
-    let review = crate::pods::review(&crate::pods::pod(crate::pods::TYPICAL), "bench-typical");
-    std::fs::write(&typical, serde_json::to_vec(&review)?)?;
-    let bodies: [(&str, PathBuf); 2] = [
-        ("fixture (1 container)", fixture),
-        ("typical (3 containers, 40 env)", typical),
-    ];
+    let bodies = bodies(&dir)?;
 
     let cert = certs.join("tls.crt");
     let key = certs.join("tls.key");
@@ -127,20 +183,11 @@ pub fn run(opts: &Options) -> Result<()> {
     let tracehook_server = |name: &str, probe_port: u16, preload: Option<&Path>| {
         let port = sys::free_port();
         let mut cmd = pinned(opts.pin, "1", &tracehook);
-        cmd.args([
-            "serve",
-            "--no-cluster",
-            "--instance",
-            "obs/test",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--probe-listen")
-        .arg(format!("127.0.0.1:{probe_port}"))
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key);
+        crate::serve_without_cluster(&mut cmd, port, probe_port);
+        cmd.arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key);
         if let Some(lib) = preload {
             cmd.env("LD_PRELOAD", lib);
         }
@@ -169,25 +216,38 @@ pub fn run(opts: &Options) -> Result<()> {
     for (_, body) in &bodies {
         check_patched(&ours, body, &certs.join("ca.crt"))?;
     }
-    let servers: Vec<&Server> = [Some(&ours), Some(&baseline), preloaded.as_ref()]
-        .into_iter()
-        .flatten()
-        .collect();
-    let idle: Vec<Memory> = servers
-        .iter()
-        .map(|s| Memory::of(s.child.id()).unwrap_or_default())
-        .collect();
-    for (server, memory) in servers.iter().zip(&idle) {
-        println!("idle: {} {memory}", server.name);
-    }
+    Ok(Setup {
+        dir,
+        oha,
+        bodies,
+        probe_port,
+        ours,
+        baseline,
+        preloaded,
+    })
+}
 
-    let sampling = Arc::new(AtomicBool::new(true));
-    let samplers: Vec<_> = servers
-        .iter()
-        .map(|s| sample_rss(s.child.id(), s.peak_rss_kib.clone(), sampling.clone()))
-        .collect();
+/// The two bodies every server is sent: the fixture and a typical Pod's review.
+fn bodies(dir: &Path) -> Result<[(&'static str, PathBuf); 2]> {
+    let fixture = crate::workspace_root().join("tests/data/reviews/pod-asking-for-injection.json");
+    let typical = dir.join("typical-review.json");
+    let review = crate::pods::review(&crate::pods::pod(crate::pods::TYPICAL), "bench-typical");
+    std::fs::write(&typical, serde_json::to_vec(&review)?)?;
+    let bodies = [
+        ("fixture (1 container)", fixture),
+        ("typical (3 containers, 40 env)", typical),
+    ];
+    Ok(bodies)
+}
 
-    let mut report = String::new();
+/// Throughput: every server, body and protocol for `opts.rounds` rounds, medians in
+/// the report.
+fn throughput(
+    setup: &Setup,
+    servers: &[&Server],
+    opts: &Options,
+    report: &mut String,
+) -> Result<()> {
     writeln!(
         report,
         "\n### Throughput, {} connections (HTTP/2: {} connections × 8 streams), {} s per run, median of {} rounds\n",
@@ -201,47 +261,79 @@ pub fn run(opts: &Options) -> Result<()> {
         "| body | protocol | server | req/s | % of no-op | p50 ms | p99 ms | errors |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
-    for (label, body) in &bodies {
+    for (label, body) in &setup.bodies {
         for protocol in [Protocol::Http1, Protocol::Http2] {
-            let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
-            for round in 0..opts.rounds {
-                // Rotate who goes first, so a drift in background load is shared.
-                for k in 0..servers.len() {
-                    let i = (k + round) % servers.len();
-                    let run = oha_run(&oha, opts, servers[i].port, body, protocol, None)?;
-                    println!(
-                        "  {label} {} {} round {round}: {:.0} req/s, p99 {:.3} ms, errors {}",
-                        protocol.name(),
-                        servers[i].name,
-                        run.rps,
-                        run.p99_ms,
-                        run.errors + run.non_200
-                    );
-                    if run.errors > 0 {
-                        println!("    errors: {}", run.error_kinds);
-                    }
-                    runs[i].push(run);
-                }
-            }
-            let med =
-                |i: usize, f: fn(&Run) -> f64| median(&runs[i].iter().map(f).collect::<Vec<_>>());
-            let baseline_rps = med(1, |r| r.rps);
-            for (i, server) in servers.iter().enumerate() {
-                let errors: u64 = runs[i].iter().map(|r| r.errors + r.non_200).sum();
-                writeln!(
-                    report,
-                    "| {label} | {} | {} | {:.0} | {:.0}% | {:.3} | {:.3} | {errors} |",
-                    protocol.name(),
-                    server.name,
-                    med(i, |r| r.rps),
-                    100.0 * med(i, |r| r.rps) / baseline_rps,
-                    med(i, |r| r.p50_ms),
-                    med(i, |r| r.p99_ms),
-                )?;
-            }
+            let runs = throughput_rounds(setup, servers, opts, label, body, protocol)?;
+            throughput_rows(servers, &runs, label, protocol, report)?;
         }
     }
+    Ok(())
+}
 
+/// One body and protocol: `opts.rounds` runs of each server (a list per server).
+fn throughput_rounds(
+    setup: &Setup,
+    servers: &[&Server],
+    opts: &Options,
+    label: &str,
+    body: &Path,
+    protocol: Protocol,
+) -> Result<Vec<Vec<Run>>> {
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
+    for round in 0..opts.rounds {
+        // Rotate who goes first, so a drift in background load is shared.
+        for k in 0..servers.len() {
+            let i = (k + round) % servers.len();
+            let run = oha_run(&setup.oha, opts, servers[i].port, body, protocol, None)?;
+            println!(
+                "  {label} {} {} round {round}: {:.0} req/s, p99 {:.3} ms, errors {}",
+                protocol.name(),
+                servers[i].name,
+                run.rps,
+                run.p99_ms,
+                run.errors + run.non_200
+            );
+            if run.errors > 0 {
+                println!("    errors: {}", run.error_kinds);
+            }
+            runs[i].push(run);
+        }
+    }
+    Ok(runs)
+}
+
+fn throughput_rows(
+    servers: &[&Server],
+    runs: &[Vec<Run>],
+    label: &str,
+    protocol: Protocol,
+    report: &mut String,
+) -> Result<()> {
+    let med = |i: usize, f: fn(&Run) -> f64| median(&runs[i].iter().map(f).collect::<Vec<_>>());
+    let baseline_rps = med(1, |r| r.rps);
+    for (i, server) in servers.iter().enumerate() {
+        let errors: u64 = runs[i].iter().map(|r| r.errors + r.non_200).sum();
+        writeln!(
+            report,
+            "| {label} | {} | {} | {:.0} | {:.0}% | {:.3} | {:.3} | {errors} |",
+            protocol.name(),
+            server.name,
+            med(i, |r| r.rps),
+            100.0 * med(i, |r| r.rps) / baseline_rps,
+            med(i, |r| r.p50_ms),
+            med(i, |r| r.p99_ms),
+        )?;
+    }
+    Ok(())
+}
+
+/// Latency at a fixed rate: one run per server, body and protocol.
+fn fixed_rate(
+    setup: &Setup,
+    servers: &[&Server],
+    opts: &Options,
+    report: &mut String,
+) -> Result<()> {
     writeln!(
         report,
         "\n### Fixed rate {} req/s, {} connections, {} s per run, latency corrected for coordinated omission\n",
@@ -252,10 +344,17 @@ pub fn run(opts: &Options) -> Result<()> {
         "| body | protocol | server | achieved req/s | p50 ms | p99 ms | requests | errors |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
-    for (label, body) in &bodies {
+    for (label, body) in &setup.bodies {
         for protocol in [Protocol::Http1, Protocol::Http2] {
-            for server in &servers {
-                let run = oha_run(&oha, opts, server.port, body, protocol, Some(opts.rate))?;
+            for server in servers {
+                let run = oha_run(
+                    &setup.oha,
+                    opts,
+                    server.port,
+                    body,
+                    protocol,
+                    Some(opts.rate),
+                )?;
                 if run.errors > 0 {
                     println!(
                         "  {label} {} {} at {} req/s errors: {}",
@@ -279,11 +378,10 @@ pub fn run(opts: &Options) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
 
-    sampling.store(false, Ordering::Release);
-    for s in samplers {
-        let _ = s.join();
-    }
+fn memory_report(servers: &[&Server], idle: &[Memory], report: &mut String) -> Result<()> {
     writeln!(report, "\n### Memory\n")?;
     writeln!(
         report,
@@ -301,6 +399,11 @@ pub fn run(opts: &Options) -> Result<()> {
             end.hwm_kib as f64 / 1024.0
         )?;
     }
+    Ok(())
+}
+
+/// tracehook's own admission counters, and what else was busy.
+fn counts_report(probe_port: u16, report: &mut String) -> Result<()> {
     let metrics = http_get(probe_port, "/metrics").unwrap_or_default();
     writeln!(report, "\ntracehook's own count of what it answered:\n")?;
     writeln!(report, "```")?;
@@ -311,14 +414,7 @@ pub fn run(opts: &Options) -> Result<()> {
         writeln!(report, "{line}")?;
     }
     writeln!(report, "```")?;
-    writeln!(
-        report,
-        "\nother busy processes at the end: {}",
-        sys::busy_processes()
-    )?;
-    println!("{report}");
-    std::fs::write(dir.join("report.md"), &report)?;
-    println!("(also in {})", dir.join("report.md").display());
+    crate::end_report(report)?;
     Ok(())
 }
 
@@ -466,30 +562,10 @@ fn oha_run(
 
 /// A plain-HTTP GET on loopback; the body.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+    crate::raw_http::http_get(port, path).map(|(_, body)| body)
 }
 
 /// The HTTP status of a plain-HTTP GET on loopback.
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    crate::raw_http::http_get(port, path).map(|(status, _)| status)
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use futures::{StreamExt as _, stream};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -57,7 +58,51 @@ impl Mode {
     }
 }
 
+/// The cluster, the webhook and its registration that every concurrency runs against.
+struct Setup {
+    dir: std::path::PathBuf,
+    client: Client,
+    webhook: Webhook,
+    config: MutatingWebhookConfiguration,
+    api: Api<Pod>,
+    // Dropped last: the webhook goes first.
+    _cluster: testcluster::Cluster,
+}
+
+/// What one concurrency measured: per mode the latencies and the time they took, and
+/// the webhook's calls as the API server and tracehook saw them.
+struct Measured {
+    samples: BTreeMap<Mode, (Vec<Duration>, Duration)>,
+    apiserver: WebhookHistogram,
+    /// tracehook's own handler duration (sum, count) over the run.
+    ours: (f64, f64),
+}
+
+/// The three tables of the report, filled a concurrency at a time.
+#[derive(Default)]
+struct Tables {
+    creations: String,
+    added: String,
+    apiserver: String,
+}
+
 pub async fn run(opts: &Options) -> Result<()> {
+    let setup = set_up().await?;
+    let mut tables = Tables::default();
+    let mut serial = 0usize;
+    for &concurrency in &opts.concurrencies {
+        let measured = measure(&setup, opts, concurrency, &mut serial).await?;
+        report_concurrency(concurrency, &measured, &mut tables)?;
+    }
+    let report = report(opts, &tables, &setup.webhook)?;
+    println!("{report}");
+    std::fs::write(setup.dir.join("report.md"), &report)?;
+    println!("(also in {})", setup.dir.join("report.md").display());
+    drop(setup);
+    Ok(())
+}
+
+async fn set_up() -> Result<Setup> {
     let dir = crate::run_dir("e2e")?;
     println!("{}", sys::describe_machine());
     let (cluster, client) = cluster::start().await?;
@@ -74,7 +119,110 @@ pub async fn run(opts: &Options) -> Result<()> {
     webhook.wait_ready(Duration::from_secs(60))?;
     let config = cluster::webhook_configuration(&webhook)?;
     let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    Ok(Setup {
+        dir,
+        client,
+        webhook,
+        config,
+        api,
+        _cluster: cluster,
+    })
+}
 
+/// `opts.pods` creations per mode at one concurrency, the modes alternating in
+/// `opts.chunks` chunks.
+async fn measure(
+    setup: &Setup,
+    opts: &Options,
+    concurrency: usize,
+    serial: &mut usize,
+) -> Result<Measured> {
+    let Setup {
+        client,
+        webhook,
+        config,
+        api,
+        ..
+    } = setup;
+    let before = WebhookHistogram::parse(&cluster::apiserver_metrics(client).await?);
+    let ours_before = our_duration(webhook);
+    let mut samples: BTreeMap<Mode, (Vec<Duration>, Duration)> = BTreeMap::new();
+    let per_chunk = opts.pods.div_ceil(opts.chunks);
+    for chunk in 0..opts.chunks {
+        let order = if chunk % 2 == 0 {
+            [Mode::Without, Mode::With]
+        } else {
+            [Mode::With, Mode::Without]
+        };
+        for mode in order {
+            set_mode(client, api, config, mode, serial).await?;
+            let n = per_chunk.min(opts.pods - chunk * per_chunk);
+            let started = Instant::now();
+            let latencies = create_pods(api, mode, concurrency, n, serial).await?;
+            let entry = samples.entry(mode).or_default();
+            entry.1 += started.elapsed();
+            entry.0.extend(latencies);
+        }
+    }
+    let after = WebhookHistogram::parse(&cluster::apiserver_metrics(client).await?);
+    let ours_after = our_duration(webhook);
+    Ok(Measured {
+        samples,
+        apiserver: after.minus(&before),
+        ours: (ours_after.0 - ours_before.0, ours_after.1 - ours_before.1),
+    })
+}
+
+fn report_concurrency(concurrency: usize, measured: &Measured, tables: &mut Tables) -> Result<()> {
+    let mut summaries = BTreeMap::new();
+    for (mode, (latencies, elapsed)) in &measured.samples {
+        let s = Summary::of(latencies);
+        println!("concurrency {concurrency}, {}: {s}", mode.name());
+        writeln!(
+            tables.creations,
+            "| {concurrency} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            mode.name(),
+            latencies.len() as f64 / elapsed.as_secs_f64(),
+            s.mean,
+            s.p50,
+            s.p90,
+            s.p99,
+            s.max
+        )?;
+        summaries.insert(*mode, s);
+    }
+    let (with, without) = (summaries[&Mode::With], summaries[&Mode::Without]);
+    writeln!(
+        tables.added,
+        "| {concurrency} | {:.3} | {:.3} | {:.3} |",
+        with.mean - without.mean,
+        with.p50 - without.p50,
+        with.p99 - without.p99
+    )?;
+    let delta = &measured.apiserver;
+    let (sum, count) = measured.ours;
+    writeln!(
+        tables.apiserver,
+        "| {concurrency} | {} | {:.3} | {} | {} | {:.3} |",
+        delta.count,
+        1e3 * delta.sum / delta.count.max(1) as f64,
+        delta.quantile_text(0.5),
+        delta.quantile_text(0.99),
+        if count > 0.0 {
+            1e3 * sum / count
+        } else {
+            f64::NAN
+        }
+    )?;
+    writeln!(
+        tables.apiserver,
+        "|   | buckets (le → calls) | {} | | | |",
+        delta.buckets_text()
+    )?;
+    Ok(())
+}
+
+fn report(opts: &Options, tables: &Tables, webhook: &Webhook) -> Result<String> {
     let mut report = String::new();
     writeln!(
         report,
@@ -86,82 +234,11 @@ pub async fn run(opts: &Options) -> Result<()> {
         "| concurrency | mode | creates/s | mean ms | p50 ms | p90 ms | p99 ms | max ms |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
-    let mut added = String::new();
-    let mut apiserver = String::new();
-    let mut serial = 0usize;
-    for &concurrency in &opts.concurrencies {
-        let before = WebhookHistogram::parse(&cluster::apiserver_metrics(&client).await?);
-        let ours_before = our_duration(&webhook);
-        let mut samples: BTreeMap<Mode, (Vec<Duration>, Duration)> = BTreeMap::new();
-        let per_chunk = opts.pods.div_ceil(opts.chunks);
-        for chunk in 0..opts.chunks {
-            let order = if chunk % 2 == 0 {
-                [Mode::Without, Mode::With]
-            } else {
-                [Mode::With, Mode::Without]
-            };
-            for mode in order {
-                set_mode(&client, &api, &config, mode, &mut serial).await?;
-                let n = per_chunk.min(opts.pods - chunk * per_chunk);
-                let started = Instant::now();
-                let latencies = create_pods(&api, mode, concurrency, n, &mut serial).await?;
-                let entry = samples.entry(mode).or_default();
-                entry.1 += started.elapsed();
-                entry.0.extend(latencies);
-            }
-        }
-        let after = WebhookHistogram::parse(&cluster::apiserver_metrics(&client).await?);
-        let ours_after = our_duration(&webhook);
-        let mut summaries = BTreeMap::new();
-        for (mode, (latencies, elapsed)) in &samples {
-            let s = Summary::of(latencies);
-            println!("concurrency {concurrency}, {}: {s}", mode.name());
-            writeln!(
-                report,
-                "| {concurrency} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
-                mode.name(),
-                latencies.len() as f64 / elapsed.as_secs_f64(),
-                s.mean,
-                s.p50,
-                s.p90,
-                s.p99,
-                s.max
-            )?;
-            summaries.insert(*mode, s);
-        }
-        let (with, without) = (summaries[&Mode::With], summaries[&Mode::Without]);
-        writeln!(
-            added,
-            "| {concurrency} | {:.3} | {:.3} | {:.3} |",
-            with.mean - without.mean,
-            with.p50 - without.p50,
-            with.p99 - without.p99
-        )?;
-        let delta = after.minus(&before);
-        let (sum, count) = (ours_after.0 - ours_before.0, ours_after.1 - ours_before.1);
-        writeln!(
-            apiserver,
-            "| {concurrency} | {} | {:.3} | {} | {} | {:.3} |",
-            delta.count,
-            1e3 * delta.sum / delta.count.max(1) as f64,
-            delta.quantile_text(0.5),
-            delta.quantile_text(0.99),
-            if count > 0.0 {
-                1e3 * sum / count
-            } else {
-                f64::NAN
-            }
-        )?;
-        writeln!(
-            apiserver,
-            "|   | buckets (le → calls) | {} | | | |",
-            delta.buckets_text()
-        )?;
-    }
+    report.push_str(&tables.creations);
     writeln!(report, "\n### Added latency (with − without)\n")?;
     writeln!(report, "| concurrency | mean ms | p50 ms | p99 ms |")?;
     writeln!(report, "|---|---|---|---|")?;
-    report.push_str(&added);
+    report.push_str(&tables.added);
     writeln!(
         report,
         "\n### The API server's `apiserver_admission_webhook_admission_duration_seconds` for `inject.tracehook.dev` (the calls of this run)\n"
@@ -171,23 +248,14 @@ pub async fn run(opts: &Options) -> Result<()> {
         "| concurrency | calls | mean ms | p50 (bucket interpolation) | p99 (bucket interpolation) | tracehook's own handler mean ms |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|")?;
-    report.push_str(&apiserver);
+    report.push_str(&tables.apiserver);
     writeln!(
         report,
         "\ntracehook serve after the run: {}",
         webhook.memory()
     )?;
-    writeln!(
-        report,
-        "\nother busy processes at the end: {}",
-        sys::busy_processes()
-    )?;
-    println!("{report}");
-    std::fs::write(dir.join("report.md"), &report)?;
-    println!("(also in {})", dir.join("report.md").display());
-    drop(webhook);
-    drop(cluster);
-    Ok(())
+    crate::end_report(&mut report)?;
+    Ok(report)
 }
 
 pub async fn wait_for_service_account(client: &Client, namespace: &str) -> Result<()> {
@@ -206,7 +274,7 @@ fn pod(name: &str) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "bench"}},
         "spec": {
-            "schedulerName": "tracehook-bench-unscheduled",
+            "schedulerName": "tracehook-sysbench-unscheduled",
             "containers": [{"name": "app", "image": "registry.example/app:1"}]
         }
     }))?)
@@ -223,7 +291,7 @@ fn injected(pod: &Pod) -> bool {
 async fn set_mode(
     client: &Client,
     api: &Api<Pod>,
-    config: &k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    config: &MutatingWebhookConfiguration,
     mode: Mode,
     serial: &mut usize,
 ) -> Result<()> {

@@ -9,9 +9,18 @@
 #[path = "../../benches/support/mod.rs"]
 mod support;
 
+// One copy of these helpers, shared with the integration tests.
+#[path = "../../tests/common/crd.rs"]
+mod crd;
+#[path = "../../tests/common/http.rs"]
+mod raw_http;
+#[path = "../../tests/common/registration.rs"]
+mod registration;
+
 pub use support::context as admit_context;
 pub use support::pods;
 
+pub mod cli;
 pub mod cluster;
 pub mod detector;
 pub mod e2e;
@@ -33,14 +42,14 @@ pub fn workspace_root() -> &'static Path {
 }
 
 /// A release binary next to this one (`target/release/NAME`), which must be built
-/// already: `cargo build --release -p tracehook -p tracehook-bench`.
+/// already: `cargo build --release -p tracehook -p tracehook-sysbench`.
 pub fn release_binary(name: &str) -> Result<PathBuf> {
     let here = std::env::current_exe()?;
     let dir = here.parent().map(Path::to_path_buf).unwrap_or_default();
     let path = dir.join(name);
     if !path.exists() {
         bail!(
-            "{} is missing: run `cargo build --release -p tracehook -p tracehook-bench` first",
+            "{} is missing: run `cargo build --release -p tracehook -p tracehook-sysbench` first",
             path.display()
         );
     }
@@ -53,12 +62,38 @@ pub fn release_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A directory for one run's files under `target/bench/`.
+/// A directory for one run's files under `target/sysbench/`.
 pub fn run_dir(what: &str) -> Result<PathBuf> {
-    let dir = workspace_root().join("target").join("bench").join(what);
+    let dir = workspace_root().join("target").join("sysbench").join(what);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// The last line of every report: what else was busy on the machine at the end, so a
+/// reader can judge the figures.
+pub fn end_report(report: &mut String) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    writeln!(
+        report,
+        "\nother busy processes at the end: {}",
+        sys::busy_processes()
+    )
+}
+
+/// `tracehook serve` without a cluster (`--no-cluster --instance obs/test`) listening
+/// on `port`, its probes on `probe_port`: the arguments, added to `cmd`.
+pub fn serve_without_cluster(cmd: &mut std::process::Command, port: u16, probe_port: u16) {
+    cmd.args([
+        "serve",
+        "--no-cluster",
+        "--instance",
+        "obs/test",
+        "--listen",
+    ])
+    .arg(format!("127.0.0.1:{port}"))
+    .arg("--probe-listen")
+    .arg(format!("127.0.0.1:{probe_port}"));
 }
