@@ -61,7 +61,8 @@ pub use detached::{Detached, detached_pids, stop_detached};
 pub use node::{
     BRIDGE, GUARD_TABLE, KWOK_TAINT, LOCK_PATH, NODE_DIR_ENV, NodeComponent, POD_CIDR,
     REAL_NODE_IP, REAL_NODE_LABEL, REAL_NODE_NAME, RealNodeInfo, SERVICE_CIDR, STATE_ROOT,
-    cleanup_real_node, ctr, detached_node_pids, guard_drops, node_dir, real_node_leftovers,
+    cleanup_real_node, ctr, detached_node_pids, guard_drops, import_image, node_dir,
+    real_node_leftovers,
 };
 pub use options::{Options, Ports};
 pub use process::Component;

@@ -89,18 +89,7 @@ async fn each_pod_costs_one_webhook_call() {
         &configuration("e2e-one-call", &webhook, ns, "IfNeeded"),
     )
     .await;
-    // The API server may take a moment to see a new configuration.
-    wait_until(
-        Duration::from_secs(20),
-        "the test webhook to inject",
-        || {
-            let client = client.clone();
-            async move {
-                is_injected(&create_pod(&client, ns, &requested(&fresh_name("warm"), true)).await)
-            }
-        },
-    )
-    .await;
+    wait_until_injecting(&client, ns, |name| requested(name, true)).await;
     let before = admissions(&webhook);
     let mut created = 0;
     for automount in [true, false] {

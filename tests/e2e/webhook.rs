@@ -605,22 +605,9 @@ async fn webhook_down_with_failure_policy_ignore_still_creates_pods() {
     }
     apply(&client, &config).await;
     // It works while up…
-    wait_until(
-        Duration::from_secs(20),
-        "the test webhook to inject",
-        || {
-            let client = client.clone();
-            async move {
-                let p = create_pod(
-                    &client,
-                    ns,
-                    &pod(&fresh_name("up"), json!({"tracehook.dev/inject": "true"})),
-                )
-                .await;
-                is_injected(&p)
-            }
-        },
-    )
+    wait_until_injecting(&client, ns, |name| {
+        pod(name, json!({"tracehook.dev/inject": "true"}))
+    })
     .await;
     // …and once it is killed, Pods are still created, without a sidecar.
     down.kill();

@@ -41,14 +41,7 @@ fn cluster() -> &'static Cluster {
             .arg(env!("CARGO_BIN_EXE_tracehook"))
             .arg(&tar)
             .arg(IMAGE));
-        testcluster::ctr(&[
-            "images",
-            "import",
-            "--platform",
-            "linux/amd64",
-            &tar.display().to_string(),
-        ])
-        .expect("image imported into the node's containerd");
+        testcluster::import_image(&tar).expect("image imported into the node's containerd");
         apply(
             cluster,
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: obs\n---\n\

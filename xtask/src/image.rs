@@ -64,13 +64,7 @@ pub fn build() -> Result<PathBuf> {
     if testcluster::detached_node_pids(&state_dir())?.is_empty() {
         println!("no real node is up (cargo xtask cluster up --real-node): not imported");
     } else {
-        testcluster::ctr(&[
-            "images",
-            "import",
-            "--platform",
-            "linux/amd64",
-            &tar.display().to_string(),
-        ])?;
+        testcluster::import_image(&tar)?;
         println!("imported into the real node's containerd");
     }
     Ok(tar)

@@ -241,6 +241,18 @@ pub fn ctr(args: &[&str]) -> Result<String> {
     Ok(text)
 }
 
+/// Imports an image archive (`docker save` or OCI layout, linux/amd64) into the real
+/// node's containerd, where the kubelet finds it without pulling.
+pub fn import_image(tar: &Path) -> Result<String> {
+    ctr(&[
+        "images",
+        "import",
+        "--platform",
+        "linux/amd64",
+        &tar.display().to_string(),
+    ])
+}
+
 /// The output directory of `tests/node/build.sh` (`bin/` and `images/`).
 ///
 /// `$TRACEHOOK_NODE_DIR` if set; otherwise runs the script (about a second when its

@@ -540,6 +540,21 @@ where
     .await
 }
 
+/// Creates Pods made by `pod` (given a fresh name) in `ns` until one comes back
+/// injected: the API server may take a moment to see a new webhook configuration.
+pub async fn wait_until_injecting(client: &Client, ns: &str, pod: impl Fn(&str) -> Pod) {
+    wait_until(
+        Duration::from_secs(20),
+        "the test webhook to inject",
+        || {
+            let client = client.clone();
+            let p = pod(&fresh_name("warm"));
+            async move { is_injected(&create_pod(&client, ns, &p).await) }
+        },
+    )
+    .await;
+}
+
 /// Polls `check` until it yields a value, and returns that value.
 pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
