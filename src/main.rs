@@ -209,6 +209,11 @@ struct ServeArgs {
     /// How often the leader looks through the live Pods for missing sidecars.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     missing_scan_interval: Duration,
+    /// On SIGTERM, report not ready and keep answering for this long before draining,
+    /// while the Service's endpoints and kube-proxy drop this replica (the chart sets
+    /// 5s: with failurePolicy Fail, a rolling update then fails no Pod creation).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
     /// Serve without a cluster: no caches, Events or reconciler (namespaces are taken
     /// to have no labels; for local experiments).
     #[arg(long)]
@@ -504,6 +509,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         heal: args.heal_missing,
         heal_interval: args.heal_interval,
         missing_scan_interval: args.missing_scan_interval,
+        shutdown_delay: args.shutdown_delay,
         no_cluster: args.no_cluster.then_some(args.instances),
         webhook: !args.no_webhook,
         reconciler: !args.no_reconciler,

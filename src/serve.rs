@@ -51,6 +51,8 @@ pub struct Config {
     pub heal_interval: Duration,
     /// How often the leader looks through the live Pods (`--missing-scan-interval`).
     pub missing_scan_interval: Duration,
+    /// After the shutdown signal: not ready, still answering, for this long.
+    pub shutdown_delay: Duration,
     /// `Some`: no cluster; these instances exist.
     pub no_cluster: Option<Vec<InstanceRef>>,
     pub webhook: bool,
@@ -224,10 +226,19 @@ pub async fn run(
         },
     ));
     let result = tasks.watch(shutdown).await;
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "a task stopped: not ready, exiting");
-    }
     ctx.serving.store(false, Ordering::Release);
+    match &result {
+        Err(e) => tracing::error!(error = %e, "a task stopped: not ready, exiting"),
+        Ok(()) if !config.shutdown_delay.is_zero() => {
+            // The API server still sends to this replica until the endpoints and
+            // kube-proxy have dropped it, and on its pooled connections after that:
+            // answer those, closing each connection after its answer, then drain.
+            ctx.draining.store(true, Ordering::Release);
+            tracing::info!(delay = ?config.shutdown_delay, "not ready; answering until the endpoints drop this replica");
+            tokio::time::sleep(config.shutdown_delay).await;
+        }
+        Ok(()) => {}
+    }
     let _ = stop.send(());
     let _ = drained.await;
     release_lease(&stop_campaign, released).await;

@@ -52,6 +52,9 @@ pub struct Context {
     pub events: Option<EventSink>,
     /// The TLS listener is up with a certificate.
     pub serving: AtomicBool,
+    /// The replica is shutting down but still answering (`--shutdown-delay`): HTTP/1.1
+    /// answers carry `Connection: close`.
+    pub draining: AtomicBool,
 }
 
 impl Context {
@@ -62,6 +65,7 @@ impl Context {
             metrics: Metrics::default(),
             events: None,
             serving: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
 }
@@ -74,7 +78,33 @@ pub fn admission_router(ctx: Arc<Context>) -> Router {
             post(mutate).fallback(|| async { ApiError::MethodNotAllowed }),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            close_when_draining,
+        ))
         .with_state(ctx)
+}
+
+/// While the replica drains, an HTTP/1.1 answer closes its connection. The API server
+/// keeps a pool of keep-alive connections per webhook (HTTP/1.1 for a Service) that
+/// outlives the endpoints' update, and it does not retry a POST that meets a connection
+/// the server has just closed: with `failurePolicy: Fail` that Pod creation would fail.
+/// Closed after an answer, a connection is never reused, so none is open when the
+/// drain starts. (HTTP/2 gets a GOAWAY at the drain, which clients handle.)
+async fn close_when_draining(
+    State(ctx): State<Arc<Context>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http1 = request.version() < axum::http::Version::HTTP_2;
+    let mut response = next.run(request).await;
+    if http1 && ctx.draining.load(Ordering::Acquire) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// `/healthz`, `/readyz`, `/metrics`.

@@ -288,6 +288,48 @@ async fn healthz_is_200() {
     assert_eq!(&body[..], b"ok");
 }
 
+/// While a replica drains (`--shutdown-delay`), its HTTP/1.1 answers close their
+/// connection, so the API server does not reuse one the replica is about to close;
+/// before that, and over HTTP/2, answers say nothing about the connection.
+#[tokio::test]
+async fn http1_answers_close_the_connection_while_draining() {
+    let ctx = context();
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/reviews/pod-asking-for-injection.json"
+    ))
+    .expect("a review file");
+    let answer = |version: axum::http::Version| {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/mutate")
+            .version(version)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()))
+            .expect("a valid request");
+        let router = server::admission_router(ctx.clone());
+        async move {
+            let response = router.oneshot(request).await.expect("infallible");
+            assert_eq!(response.status(), StatusCode::OK);
+            response
+                .headers()
+                .get(header::CONNECTION)
+                .map(|v| v.to_str().expect("ASCII").to_owned())
+        }
+    };
+    assert_eq!(answer(axum::http::Version::HTTP_11).await, None);
+    ctx.draining.store(true, Ordering::Release);
+    assert_eq!(
+        answer(axum::http::Version::HTTP_11).await.as_deref(),
+        Some("close")
+    );
+    assert_eq!(
+        answer(axum::http::Version::HTTP_10).await.as_deref(),
+        Some("close")
+    );
+    assert_eq!(answer(axum::http::Version::HTTP_2).await, None);
+}
+
 #[tokio::test]
 async fn readyz_is_503_until_serving() {
     let ctx = context();

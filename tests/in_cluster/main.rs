@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testcluster::Cluster;
 
+mod load;
+mod operations;
+
 /// The chart's default image (`image.repository`, `appVersion`) and the manifests'.
 const IMAGE: &str = "tracehook/tracehook:0.1.0";
 
@@ -27,8 +30,9 @@ fn root() -> PathBuf {
 static INSTALL: Mutex<()> = Mutex::new(());
 
 /// The real-node cluster with tracehook's image imported, the backend instance
-/// `obs/test` (which the in-cluster reconciler provisions once it runs) and a labelled
-/// namespace `shop`.
+/// `obs/test` (which the in-cluster reconciler provisions once it runs), a labelled
+/// namespace `shop`, and for the load (load.rs) `load` (labelled, naming `obs/test`)
+/// and `load-plain`.
 fn cluster() -> &'static Cluster {
     static READY: OnceLock<()> = OnceLock::new();
     let cluster = testcluster::shared_real_node();
@@ -36,9 +40,15 @@ fn cluster() -> &'static Cluster {
         let dir = cluster.dir().join("tracehook-image");
         std::fs::create_dir_all(&dir).expect("image dir");
         let tar = dir.join("tracehook.tar");
+        // The binary these tests were built with, unless BENCHMARKS.md's run names
+        // a release build.
+        let binary = std::env::var_os("TRACEHOOK_IMAGE_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tracehook")));
+        eprintln!("tracehook's image from {}", binary.display());
         ok(Command::new("bash")
             .arg(root().join("tests/node/tracehook-image.sh"))
-            .arg(env!("CARGO_BIN_EXE_tracehook"))
+            .arg(&binary)
             .arg(&tar)
             .arg(IMAGE));
         testcluster::import_image(&tar).expect("image imported into the node's containerd");
@@ -46,7 +56,11 @@ fn cluster() -> &'static Cluster {
             cluster,
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: obs\n---\n\
              apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    \
-             tracehook.dev/injection: enabled\n",
+             tracehook.dev/injection: enabled\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata:\n  name: load\n  labels:\n    \
+             tracehook.dev/injection: enabled\n  annotations:\n    \
+             tracehook.dev/inject: obs/test\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata:\n  name: load-plain\n",
         );
     });
     cluster
@@ -477,6 +491,36 @@ fn kustomize_install_injects_through_the_service_and_uninstalls_cleanly() {
     instance(cluster);
     check_installed(cluster, "app-kustomize");
     let app_pods = running_app_pods(cluster);
+    // The uninstall under load, with failurePolicy Fail: the webhook configuration
+    // goes first, so no creation waits for replicas that are gone.
+    kubectl(
+        cluster,
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "tracehook",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Fail"}]"#,
+        ],
+    );
+    let load = load::Load::start(cluster, "load", "load-plain", 10);
+    std::thread::sleep(Duration::from_secs(5));
+    let from = load.now();
     readme_uninstall(cluster, true);
     check_uninstalled(cluster, app_pods);
+    std::thread::sleep(Duration::from_secs(5));
+    let step = load::Step {
+        name: "kubectl delete -k (README)".into(),
+        from,
+        to: load.now(),
+    };
+    let records = load.stop();
+    eprintln!("{}", load::table(std::slice::from_ref(&step), &records));
+    for hooked in [true, false] {
+        let f = load::figures(records.iter().filter(|r| r.hooked == hooked));
+        assert!(f.sent > 0, "no creations sent");
+        assert!(f.refused.is_empty(), "refused: {:?}", f.refused);
+        assert_eq!(f.unreachable, 0, "unreachable creations");
+    }
 }
