@@ -35,12 +35,18 @@ use crate::metrics::Metrics;
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Time allowed for a TLS handshake, for a client to send a request's headers, and
-/// then its body.
+/// Time allowed for a TLS handshake, for a new connection's first request to begin,
+/// for a request's headers from their first byte, and then for its body.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection with no request in flight for this long is closed gracefully (an
-/// HTTP/2 GOAWAY); otherwise idle HTTP/2 connections would hold their slot forever.
+/// An HTTP/2 connection with no request in flight for this long is closed gracefully
+/// (a GOAWAY, which clients handle); otherwise it would hold its slot forever.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An HTTP/1.1 keep-alive connection with no request for this long is closed. Longer
+/// than the API server's own idle timeout (90 s, Go's), so that the client closes first:
+/// a server closing a keep-alive connection races a request the client is writing on
+/// it, and the API server does not retry a webhook POST that meets a closed connection
+/// (with `failurePolicy: Fail` that Pod creation fails: `write: broken pipe`).
+pub const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time open connections get to finish on shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -279,7 +285,9 @@ pub async fn serve_tls(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
+        // hyper's timer runs while a keep-alive connection waits for its next request
+        // too; `Activity` times the headers from their first byte instead.
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
@@ -321,7 +329,15 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            let idle_timeout = if h2 { IDLE_TIMEOUT } else { HTTP1_IDLE_TIMEOUT };
             let activity = Arc::new(Activity::new());
+            // HTTP/2 sends frames between requests (PING, WINDOW_UPDATE): only HTTP/1
+            // bytes outside a request are the start of the next one's headers.
+            let tls = Watched {
+                inner: tls,
+                activity: (!h2).then(|| activity.clone()),
+            };
             let tracker = activity.clone();
             let service = hyper::service::service_fn(move |request| {
                 let busy = tracker.begin();
@@ -342,10 +358,16 @@ pub async fn serve_tls(
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    () = activity.idle(), if !closing => {
-                        tracing::debug!(%peer, "closing an idle connection");
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
+                    why = activity.expired(idle_timeout), if !closing => match why {
+                        Expired::Idle => {
+                            tracing::debug!(%peer, "closing an idle connection");
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        Expired::SlowStart => {
+                            tracing::debug!(%peer, "no complete request headers in time: dropping the connection");
+                            break Ok(());
+                        }
                     }
                 }
             };
@@ -365,12 +387,27 @@ pub async fn serve_tls(
     }
 }
 
-/// Requests in flight on one connection, and when the last one ended.
+/// Requests in flight on one connection, when the last one ended, and when the next
+/// one's headers began to arrive.
 struct Activity {
     opened: Instant,
     in_flight: AtomicUsize,
-    /// Milliseconds from `opened` to the end of the last request.
+    /// Milliseconds from `opened` to the end of the last request; `u64::MAX` before the
+    /// first request.
     last_ms: AtomicU64,
+    /// Milliseconds from `opened` to the first byte read outside a request, plus one
+    /// (0: none since the last request began).
+    head_ms: AtomicU64,
+}
+
+/// Why a connection should end.
+#[derive(Debug, PartialEq, Eq)]
+enum Expired {
+    /// No request for the idle timeout: closed gracefully.
+    Idle,
+    /// No first request within [`HANDSHAKE_TIMEOUT`] of the handshake, or headers begun
+    /// and not complete within it (a slow-headers client): dropped.
+    SlowStart,
 }
 
 /// One request in flight; its end is recorded on drop.
@@ -381,35 +418,116 @@ impl Activity {
         Self {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
+            last_ms: AtomicU64::new(u64::MAX),
+            head_ms: AtomicU64::new(0),
         }
+    }
+
+    fn ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_ms.store(0, Ordering::Release);
         Busy(self.clone())
     }
 
-    /// Completes once no request has been in flight for [`IDLE_TIMEOUT`].
-    async fn idle(&self) {
-        loop {
-            let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Acquire));
-            let deadline = last + IDLE_TIMEOUT;
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                tokio::time::sleep(IDLE_TIMEOUT / 4).await;
-            } else if Instant::now() < deadline {
-                tokio::time::sleep_until(deadline.into()).await;
-            } else {
-                return;
-            }
+    /// Bytes arrived: outside a request they begin the next one's headers.
+    fn read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 && self.head_ms.load(Ordering::Acquire) == 0
+        {
+            self.head_ms.store(self.ms() + 1, Ordering::Release);
         }
+    }
+
+    /// Completes when the connection has been idle for `idle_timeout`, or a request is
+    /// late to begin or to complete its headers (checked every second).
+    async fn expired(&self, idle_timeout: Duration) -> Expired {
+        let limit = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                let now = self.ms();
+                let head = self.head_ms.load(Ordering::Acquire);
+                let last = self.last_ms.load(Ordering::Acquire);
+                if head != 0 && now.saturating_sub(head - 1) >= limit(HANDSHAKE_TIMEOUT) {
+                    return Expired::SlowStart;
+                }
+                if last == u64::MAX {
+                    if now >= limit(HANDSHAKE_TIMEOUT) {
+                        return Expired::SlowStart;
+                    }
+                } else if head == 0 && now.saturating_sub(last) >= limit(idle_timeout) {
+                    return Expired::Idle;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The connection's stream, telling `Activity` when bytes arrive.
+struct Watched<S> {
+    inner: S,
+    activity: Option<Arc<Activity>>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && let Some(activity) = &self.activity
+        {
+            activity.read();
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_ms.store(ms, Ordering::Release);
+        self.0.last_ms.store(self.0.ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -18,5 +18,6 @@ mod support;
 mod backend;
 mod hotrod;
 mod missed;
+mod ready;
 mod spans;
 mod world;

@@ -1,0 +1,224 @@
+//! What a native sidecar costs a Pod's start (issue 15.2): create → Ready on the real
+//! node for the same Pod plain, injected with each flavor, and injected with the
+//! jaeger-agent flavor but without the sidecar's startupProbe (the Pod tracehook would
+//! write, taken from a dry run, the probe removed, created as already injected): the
+//! difference between the last two is what the probe costs, the rest the agent's own
+//! start. Rounds create one Pod of each kind at the same moment, so every kind sees the
+//! same node. The figures are printed (BENCHMARKS.md quotes a run); only that every Pod
+//! became Ready, with the sidecar it should have, is asserted.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use crate::world::*;
+
+/// Pods of each kind.
+const PODS: usize = 50;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Plain,
+    JaegerAgent,
+    OtelCollector,
+    JaegerAgentNoProbe,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [
+        Kind::Plain,
+        Kind::JaegerAgent,
+        Kind::OtelCollector,
+        Kind::JaegerAgentNoProbe,
+    ];
+
+    fn slug(self) -> &'static str {
+        match self {
+            Kind::Plain => "plain",
+            Kind::JaegerAgent => "jaeger-agent",
+            Kind::OtelCollector => "otel-collector",
+            Kind::JaegerAgentNoProbe => "no-probe",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Plain => "plain",
+            Kind::JaegerAgent => "jaeger-agent",
+            Kind::OtelCollector => "otel-collector",
+            Kind::JaegerAgentNoProbe => "jaeger-agent, no startupProbe",
+        }
+    }
+}
+
+fn pod(namespace: &str, name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "ready"},
+                     "annotations": annotations},
+        "spec": pod_spec(vec![spans_container("app", &[], json!([]))]),
+    })
+}
+
+/// The Pod tracehook writes for the jaeger-agent flavor (a server-side dry run),
+/// without the sidecar's startupProbe, for creating as it is.
+async fn without_probe(pods: &Api<Pod>, namespace: &str) -> Value {
+    let sent: Pod = serde_json::from_value(pod(
+        namespace,
+        "template",
+        json!({"tracehook.dev/sidecar-flavor": "jaeger-agent"}),
+    ))
+    .expect("a Pod");
+    let dry = pods
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &sent,
+        )
+        .await
+        .expect("a dry run");
+    let mut pod = serde_json::to_value(dry).expect("JSON");
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["name"], "jaeger-agent",
+        "{pod}"
+    );
+    pod["spec"]["initContainers"][0]
+        .as_object_mut()
+        .expect("a container")
+        .remove("startupProbe")
+        .expect("the sidecar has a startupProbe");
+    // Only what a client sends: the API server fills in the rest again.
+    let metadata = pod["metadata"].take();
+    pod["metadata"] = json!({
+        "namespace": namespace,
+        "labels": metadata["labels"],
+        "annotations": metadata["annotations"],
+    });
+    pod.as_object_mut().expect("an object").remove("status");
+    pod
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_to_ready_plain_and_injected() {
+    let _up = backend_up().await;
+    let namespace = unique("ready");
+    labelled_namespace(&namespace, json!({}));
+    let client = world().cluster.client().await.expect("a client");
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let no_probe = without_probe(&pods, &namespace).await;
+
+    // When each Pod was first seen Ready, from a watch of the namespace.
+    let ready_at: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let watch = {
+        let (pods, ready_at) = (pods.clone(), ready_at.clone());
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()));
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event {
+                    let ready = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    if ready {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        ready_at
+                            .lock()
+                            .expect("lock")
+                            .entry(name)
+                            .or_insert_with(Instant::now);
+                    }
+                }
+            }
+        })
+    };
+
+    let mut took: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
+    for round in 0..PODS {
+        let mut created = Vec::new();
+        for kind in Kind::ALL {
+            let name = format!("r{round:02}-{}", kind.slug());
+            let manifest = match kind {
+                Kind::Plain => pod(&namespace, &name, json!({"tracehook.dev/inject": "false"})),
+                Kind::JaegerAgent => pod(
+                    &namespace,
+                    &name,
+                    json!({"tracehook.dev/sidecar-flavor": "jaeger-agent"}),
+                ),
+                Kind::OtelCollector => pod(
+                    &namespace,
+                    &name,
+                    json!({"tracehook.dev/sidecar-flavor": "otel-collector"}),
+                ),
+                Kind::JaegerAgentNoProbe => {
+                    let mut p = no_probe.clone();
+                    p["metadata"]["name"] = name.clone().into();
+                    p
+                }
+            };
+            let manifest: Pod = serde_json::from_value(manifest).expect("a Pod");
+            let sent = Instant::now();
+            let stored = pods
+                .create(&PostParams::default(), &manifest)
+                .await
+                .expect("created");
+            let sidecars = stored
+                .spec
+                .as_ref()
+                .and_then(|s| s.init_containers.as_ref())
+                .map_or(0, Vec::len);
+            assert_eq!(
+                sidecars,
+                usize::from(kind != Kind::Plain),
+                "{name}: sidecars"
+            );
+            created.push((kind, name, sent));
+        }
+        for (kind, name, sent) in created {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let at = loop {
+                if let Some(at) = ready_at.lock().expect("lock").get(&name) {
+                    break *at;
+                }
+                assert!(Instant::now() < deadline, "{name} not Ready in 120 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            took.entry(kind).or_default().push(at - sent);
+            let _ = pods
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await;
+        }
+    }
+    watch.abort();
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let quantile =
+        |v: &[Duration], q: f64| v[((v.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    eprintln!(
+        "\ncreate → Ready on the real node, {PODS} Pods of each kind (one of each per round):"
+    );
+    eprintln!("| kind | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|");
+    for (kind, mut v) in took {
+        v.sort();
+        eprintln!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            kind.name(),
+            ms(quantile(&v, 0.5)),
+            ms(quantile(&v, 0.9)),
+            ms(quantile(&v, 0.99)),
+            ms(*v.last().expect("a Pod")),
+        );
+    }
+    kubectl(&["delete", "namespace", &namespace, "--wait=false"]);
+}
