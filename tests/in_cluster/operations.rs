@@ -74,15 +74,24 @@ fn operations_under_load_fail_no_pod_creation_and_uninstall_leaves_injected_pods
     let mut steps = Vec::new();
     let mut resources = Vec::new();
 
-    // A quiet stretch: the steady state, and the replicas' resources under the load.
+    // A quiet stretch: the steady state, the replicas' resources under the load, and
+    // what the webhook's calls cost.
     let from = load.now();
-    let before = usage(cluster);
+    let (before, logged_before, webhook_before) = (
+        usage(cluster),
+        logged_bytes(cluster),
+        webhook_calls(cluster),
+    );
     std::thread::sleep(Duration::from_secs(30));
-    resources.push((
-        "steady load".to_owned(),
-        cpu_and_memory(&before, &usage(cluster)),
-    ));
-    steps.push(step("steady", from, &load));
+    let after = usage(cluster);
+    let (logged, webhook) = (
+        logged_bytes(cluster) - logged_before,
+        webhook_calls(cluster) - webhook_before,
+    );
+    resources.push(("steady load".to_owned(), cpu_and_memory(&before, &after)));
+    let steady = step("steady", from, &load);
+    steps.push(steady.clone());
+    let steady_cpu = cpu_seconds(&before, &after);
 
     // helm upgrade to a second tag: a rolling update, one surge Pod at a time.
     let from = load.now();
@@ -243,6 +252,23 @@ fn operations_under_load_fail_no_pod_creation_and_uninstall_leaves_injected_pods
             eprintln!("  {line}");
         }
     }
+    // Cost per 1,000 Pods, from the steady stretch.
+    let created = steady.figures(&records, true).injected as f64;
+    let per_thousand = 1000.0 / created;
+    // One call per Pod (tests/e2e/calls.rs): the API server's time per 1,000 Pods is
+    // a thousand of its mean call.
+    let mean_call = webhook.seconds / webhook.calls.max(1.0);
+    eprintln!(
+        "cost per 1,000 Pods (steady stretch, {created} injected creations): the API \
+         server's webhook calls {:.2} s ({} calls, mean {:.2} ms), tracehook {:.2} CPU-seconds \
+         (both replicas, whole processes), {:.0} KiB logged ({:.0} bytes per admission)",
+        mean_call * 1000.0,
+        webhook.calls,
+        mean_call * 1e3,
+        steady_cpu * per_thousand,
+        logged as f64 * per_thousand / 1024.0,
+        logged as f64 / created,
+    );
     // The chart's defaults, beside what was measured.
     let values =
         std::fs::read_to_string(root().join("charts/tracehook/values.yaml")).expect("values.yaml");
@@ -312,6 +338,57 @@ fn operations_under_load_fail_no_pod_creation_and_uninstall_leaves_injected_pods
             }
         }
     }
+}
+
+/// What the replicas have logged so far (`kubectl logs`, both replicas).
+fn logged_bytes(cluster: &Cluster) -> usize {
+    replica_pods(cluster)
+        .iter()
+        .map(|p| kubectl(cluster, &["-n", "tracehook", "logs", &name(p)]).len())
+        .sum()
+}
+
+/// The API server's own account of its calls to tracehook's webhook.
+#[derive(Clone, Copy, Debug, Default)]
+struct WebhookCalls {
+    calls: f64,
+    seconds: f64,
+}
+
+impl std::ops::Sub for WebhookCalls {
+    type Output = WebhookCalls;
+    fn sub(self, other: WebhookCalls) -> WebhookCalls {
+        WebhookCalls {
+            calls: self.calls - other.calls,
+            seconds: self.seconds - other.seconds,
+        }
+    }
+}
+
+fn webhook_calls(cluster: &Cluster) -> WebhookCalls {
+    let metrics = kubectl(cluster, &["get", "--raw", "/metrics"]);
+    let sum = |metric: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(metric) && l.contains("name=\"inject.tracehook.dev\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    WebhookCalls {
+        calls: sum("apiserver_admission_webhook_admission_duration_seconds_count{"),
+        seconds: sum("apiserver_admission_webhook_admission_duration_seconds_sum{"),
+    }
+}
+
+/// CPU time the replicas used between two readings (the same processes in both).
+fn cpu_seconds(before: &[Usage], after: &[Usage]) -> f64 {
+    after
+        .iter()
+        .filter_map(|a| {
+            let b = before.iter().find(|b| b.pod == a.pod && b.pid == a.pid)?;
+            Some(a.cpu.saturating_sub(b.cpu).as_secs_f64())
+        })
+        .sum()
 }
 
 /// A webhook call that broke at the connection (the process gone), not one answered.

@@ -20,8 +20,13 @@ use serde_json::{Value, json};
 
 use crate::world::*;
 
-/// Pods of each kind.
-const PODS: usize = 50;
+/// Pods of each kind: 20, or `TRACEHOOK_READY_PODS` (BENCHMARKS.md's run: 50).
+fn pods_per_kind() -> usize {
+    std::env::var("TRACEHOOK_READY_PODS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -145,7 +150,8 @@ async fn time_to_ready_plain_and_injected() {
     };
 
     let mut took: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
-    for round in 0..PODS {
+    let rounds = pods_per_kind();
+    for round in 0..rounds {
         let mut created = Vec::new();
         for kind in Kind::ALL {
             let name = format!("r{round:02}-{}", kind.slug());
@@ -206,7 +212,7 @@ async fn time_to_ready_plain_and_injected() {
     let quantile =
         |v: &[Duration], q: f64| v[((v.len() as f64 * q).ceil() as usize).saturating_sub(1)];
     eprintln!(
-        "\ncreate → Ready on the real node, {PODS} Pods of each kind (one of each per round):"
+        "\ncreate → Ready on the real node, {rounds} Pods of each kind (one of each per round):"
     );
     eprintln!("| kind | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|");
     for (kind, mut v) in took {
