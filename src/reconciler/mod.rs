@@ -140,6 +140,12 @@ pub async fn run(
     }
 }
 
+/// Reconciles run at once, at most. Unbounded, 500 instances created together put
+/// hundreds of reconciles (8 reads and up to 7 applies each) in flight at once, and
+/// kube's client opens a connection per concurrent request: the process grew to 102 MiB
+/// and stayed there; with 8, 39 MiB, converging as fast (BENCHMARKS.md, issue 15.4).
+const RECONCILE_CONCURRENCY: u16 = 8;
+
 /// The controller: `Jaeger` objects, and the children tracehook manages (a change or
 /// deletion of one reconciles its owner).
 async fn controller(client: Client, ctx: Arc<Context>) {
@@ -157,7 +163,11 @@ async fn controller(client: Client, ctx: Arc<Context>) {
     .owns(Api::<Deployment>::all(client.clone()), managed.clone())
     .owns(Api::<Service>::all(client.clone()), managed.clone())
     .owns(Api::<Ingress>::all(client), managed)
-    .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+    .with_config(
+        controller::Config::default()
+            .debounce(Duration::from_millis(500))
+            .concurrency(RECONCILE_CONCURRENCY),
+    )
     .run(measured, error_policy, ctx)
     .for_each(|result| {
         match result {
