@@ -158,22 +158,8 @@ fn check_installed(cluster: &Cluster, app: &str) {
             d.pointer("/status/readyReplicas").and_then(Value::as_u64) == Some(2)
         },
     );
-    let pods = json(
-        cluster,
-        &[
-            "-n",
-            "tracehook",
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=tracehook",
-        ],
-    );
-    let pods: Vec<(String, String)> = pods["items"]
-        .as_array()
-        .expect("items")
+    let pods: Vec<(String, String)> = replica_pods(cluster)
         .iter()
-        .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
         .map(|p| {
             (
                 p.pointer("/metadata/name")
@@ -294,6 +280,28 @@ fn check_installed(cluster: &Cluster, app: &str) {
         injected_total >= 1.0,
         "the replicas counted {injected_total} injections"
     );
+}
+
+/// tracehook's replicas in `tracehook`, but those being deleted.
+fn replica_pods(cluster: &Cluster) -> Vec<Value> {
+    let pods = json(
+        cluster,
+        &[
+            "-n",
+            "tracehook",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=tracehook",
+        ],
+    );
+    pods["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+        .cloned()
+        .collect()
 }
 
 fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {

@@ -23,7 +23,7 @@ use testcluster::Cluster;
 use crate::load::{self, Load, Step};
 use crate::{
     CleanUpOnPanic, INSTALL, check_installed, check_uninstalled, cluster, helm, instance, json,
-    kubectl, ok, readme_uninstall, root, running_app_pods, wait_until,
+    kubectl, ok, readme_uninstall, replica_pods, root, running_app_pods, wait_until,
 };
 
 /// Creations per second into each namespace.
@@ -419,27 +419,6 @@ fn step(name: &str, from: Duration, load: &Load) -> Step {
 
 fn settle(seconds: u64) {
     std::thread::sleep(Duration::from_secs(seconds));
-}
-
-fn replica_pods(cluster: &Cluster) -> Vec<Value> {
-    let pods = json(
-        cluster,
-        &[
-            "-n",
-            "tracehook",
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=tracehook",
-        ],
-    );
-    pods["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
-        .cloned()
-        .collect()
 }
 
 fn name(pod: &Value) -> String {
