@@ -18,6 +18,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 
+use crate::stats::Summary;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Injected,
@@ -184,8 +186,8 @@ pub struct Figures {
     pub not_injected: usize,
     pub refused: Vec<String>,
     pub unreachable: usize,
-    pub p50: Duration,
-    pub p99: Duration,
+    /// Latencies of the answered creations (ms).
+    pub latency: Summary,
 }
 
 pub fn figures<'a>(records: impl Iterator<Item = &'a Record>) -> Figures {
@@ -203,15 +205,7 @@ pub fn figures<'a>(records: impl Iterator<Item = &'a Record>) -> Figures {
             answered.push(r.latency);
         }
     }
-    answered.sort();
-    let at = |q: f64| {
-        answered
-            .get(((answered.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or_default()
-    };
-    f.p50 = at(0.50);
-    f.p99 = at(0.99);
+    f.latency = Summary::of(&answered);
     f
 }
 
@@ -235,7 +229,6 @@ impl Step {
 
 /// The table the run prints (and BENCHMARKS.md quotes).
 pub fn table(steps: &[Step], records: &[Record]) -> String {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut out = String::from(
         "| step | seconds | with webhook: sent / injected / not injected / refused / unreachable | p50 ms | p99 ms | without: sent / refused / unreachable | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n",
     );
@@ -250,13 +243,13 @@ pub fn table(steps: &[Step], records: &[Record]) -> String {
             h.not_injected,
             h.refused.len(),
             h.unreachable,
-            ms(h.p50),
-            ms(h.p99),
+            h.latency.p50,
+            h.latency.p99,
             p.sent,
             p.refused.len(),
             p.unreachable,
-            ms(p.p50),
-            ms(p.p99),
+            p.latency.p50,
+            p.latency.p99,
         );
     }
     out
@@ -300,7 +293,7 @@ mod tests {
             ),
             (102, 100, 0, 1, 1)
         );
-        assert_eq!(f.p50, Duration::from_millis(50));
-        assert_eq!(f.p99, Duration::from_millis(99));
+        assert_eq!(f.latency.p50, 50.0);
+        assert_eq!(f.latency.p99, 99.0);
     }
 }

@@ -18,6 +18,10 @@ use testcluster::Cluster;
 
 mod load;
 mod operations;
+// sysbench's percentiles (median is not used here).
+#[allow(dead_code)]
+#[path = "../../sysbench/src/stats.rs"]
+mod stats;
 
 /// The chart's default image (`image.repository`, `appVersion`) and the manifests'.
 const IMAGE: &str = "tracehook/tracehook:0.1.0";

@@ -20,4 +20,8 @@ mod hotrod;
 mod missed;
 mod ready;
 mod spans;
+// sysbench's percentiles (median is not used here).
+#[allow(dead_code)]
+#[path = "../../sysbench/src/stats.rs"]
+mod stats;
 mod world;

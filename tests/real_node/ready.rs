@@ -18,6 +18,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
+use crate::stats::Summary;
 use crate::world::*;
 
 /// Pods of each kind: 20, or `TRACEHOOK_READY_PODS` (BENCHMARKS.md's run: 50).
@@ -208,22 +209,19 @@ async fn time_to_ready_plain_and_injected() {
     }
     watch.abort();
 
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let quantile =
-        |v: &[Duration], q: f64| v[((v.len() as f64 * q).ceil() as usize).saturating_sub(1)];
     eprintln!(
         "\ncreate → Ready on the real node, {rounds} Pods of each kind (one of each per round):"
     );
     eprintln!("| kind | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|");
-    for (kind, mut v) in took {
-        v.sort();
+    for (kind, v) in took {
+        let s = Summary::of(&v);
         eprintln!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
             kind.name(),
-            ms(quantile(&v, 0.5)),
-            ms(quantile(&v, 0.9)),
-            ms(quantile(&v, 0.99)),
-            ms(*v.last().expect("a Pod")),
+            s.p50,
+            s.p90,
+            s.p99,
+            s.max
         );
     }
     kubectl(&["delete", "namespace", &namespace, "--wait=false"]);
