@@ -160,7 +160,7 @@ pub struct Settings {
 
 pub const DEFAULT_JAEGER_AGENT_IMAGE: &str = "jaegertracing/jaeger-agent:1.62.0";
 /// The sidecar's default resources (the `serve` flags' defaults too).
-pub const DEFAULT_CPU_REQUEST: &str = "10m";
+pub const DEFAULT_CPU_REQUEST: &str = "25m";
 pub const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
 pub const DEFAULT_CPU_LIMIT: &str = "200m";
 pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";

@@ -122,11 +122,12 @@ pub fn container(plan: &Plan<'_>) -> Value {
             env.push(entry("NODE_NAME", field_ref("spec.nodeName")));
             env.push(entry(
                 "OTEL_CONFIG",
-                otel_config(plan.instance, plan.resource_attributes).into(),
+                otel_config(plan.instance, plan.resource_attributes, plan.resources).into(),
             ));
             vec!["--config=env:OTEL_CONFIG".to_owned()]
         }
     };
+    env.extend(go_runtime_env(plan.resources));
     // Everything else depends on the flavor and the kind of sidecar alone.
     let mut container = template(plan.flavor, plan.native).clone();
     let parts = [
@@ -317,14 +318,81 @@ fn jaeger_agent_args(plan: &Plan<'_>) -> Vec<String> {
         .collect()
 }
 
+/// The share of the sidecar's memory limit its Go runtime aims to stay under
+/// (`GOMEMLIMIT`), and the collector's `memory_limiter` its heap: the rest is for what
+/// the Go runtime does not count (stacks of goroutines being created, the kernel's
+/// page cache charged to the cgroup) before the limit's OOM kill.
+const GO_MEMORY_SHARE: f64 = 0.8;
+
+/// The sidecar's memory limit in bytes, if it has one (the user's, the default, or a
+/// LimitRange's default: the fit has run).
+fn memory_limit(resources: &SidecarResources) -> Option<f64> {
+    resources
+        .get("memory")
+        .and_then(|pair| pair.limit.as_ref())
+        .map(|limit| limit.value)
+        .filter(|bytes| *bytes >= 1.0)
+}
+
+/// The Go runtime's settings from the sidecar's limits (both images are Go programs).
+/// `GOMEMLIMIT`, in bytes: the garbage collector works harder as the heap nears it,
+/// rather than the heap doubling past the cgroup's limit in a burst of spans.
+/// `GOMAXPROCS` from the CPU limit through the downward API, which rounds it up to
+/// whole cores: a Go runtime older than 1.25 sees every core of the node and is
+/// throttled by the CFS quota at each of its garbage collections.
+fn go_runtime_env(resources: &SidecarResources) -> Vec<Value> {
+    let mut env = Vec::new();
+    if let Some(bytes) = memory_limit(resources) {
+        let target = (bytes * GO_MEMORY_SHARE).floor() as u64;
+        env.push(entry("GOMEMLIMIT", target.to_string().into()));
+    }
+    if resources
+        .get("cpu")
+        .is_some_and(|pair| pair.limit.is_some())
+    {
+        let cores = json!({"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}});
+        env.push(entry("GOMAXPROCS", cores));
+    }
+    env
+}
+
+/// The collector's `memory_limiter`, first in the pipeline, for a sidecar with a memory
+/// limit: above `limit_mib` less `spike_limit_mib` of heap it refuses new spans (OTLP
+/// clients are told to retry later, UDP datagrams are dropped) instead of queueing them
+/// until the kernel kills it. Without a memory limit there is nothing to protect.
+fn memory_limiter(resources: &SidecarResources) -> Option<Value> {
+    let mib = memory_limit(resources)? * GO_MEMORY_SHARE / (1024.0 * 1024.0);
+    let limit_mib = mib.floor() as u64;
+    // The collector requires a spike limit below the limit; a quarter of it, as the
+    // collector's own documentation suggests for bursts.
+    let spike_limit_mib = limit_mib / 4;
+    (limit_mib >= 4).then(|| {
+        json!({
+            "check_interval": "1s",
+            "limit_mib": limit_mib,
+            "spike_limit_mib": spike_limit_mib
+        })
+    })
+}
+
 /// The collector's configuration, inline: JSON is YAML, and no ConfigMap per Pod.
-fn otel_config(instance: &InstanceRef, resource_attributes: &[String]) -> String {
+fn otel_config(
+    instance: &InstanceRef,
+    resource_attributes: &[String],
+    resources: &SidecarResources,
+) -> String {
     // `insert`: an attribute the application set itself stays as it is.
     let attributes: Vec<Value> = resource_attributes
         .iter()
         .filter_map(|a| a.split_once('='))
         .map(|(key, value)| json!({"key": key, "value": value, "action": "insert"}))
         .collect();
+    let mut processors = json!({"resource": {"attributes": attributes}, "batch": {}});
+    let mut pipeline = vec!["resource", "batch"];
+    if let Some(limiter) = memory_limiter(resources) {
+        processors["memory_limiter"] = limiter;
+        pipeline.insert(0, "memory_limiter");
+    }
     json!({
         "receivers": {
             "otlp": {"protocols": {
@@ -336,7 +404,7 @@ fn otel_config(instance: &InstanceRef, resource_attributes: &[String]) -> String
                 "thrift_binary": {"endpoint": "localhost:6832"}
             }}
         },
-        "processors": {"resource": {"attributes": attributes}, "batch": {}},
+        "processors": processors,
         "exporters": {"otlp": {
             "endpoint": format!("{}:4317", instance.collector_host()),
             "tls": {"insecure": true}
@@ -347,7 +415,7 @@ fn otel_config(instance: &InstanceRef, resource_attributes: &[String]) -> String
             "extensions": ["health_check"],
             "pipelines": {"traces": {
                 "receivers": ["otlp", "jaeger"],
-                "processors": ["resource", "batch"],
+                "processors": pipeline,
                 "exporters": ["otlp"]
             }}
         }

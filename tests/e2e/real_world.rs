@@ -123,7 +123,7 @@ async fn a_limit_range_max_below_the_default_limit_no_longer_blocks_pods() {
         assert!(is_injected(p), "{:?} injected", p.metadata.name);
         let r = sidecar_resources(p);
         assert_eq!(r["limits"]["cpu"], "150m", "{r}");
-        assert_eq!(r["requests"]["cpu"], "10m", "{r}");
+        assert_eq!(r["requests"]["cpu"], "25m", "{r}");
     }
 }
 
@@ -135,14 +135,15 @@ async fn a_max_limit_request_ratio_is_met_by_raising_the_request() {
         &client,
         ns,
         "ratio",
-        json!([{"type": "Container", "maxLimitRequestRatio": {"cpu": "10", "memory": "2"}}]),
+        // 200m over the default 25m is 8: a ratio of 4 raises the request to 50m.
+        json!([{"type": "Container", "maxLimitRequestRatio": {"cpu": "4", "memory": "2"}}]),
     )
     .await;
     // The ratio needs a request and a limit on every container, the app's too.
     let probe: Pod = from_json(json!({
         "metadata": {"name": "probe"},
         "spec": {"containers": [{"name": "app", "image": "registry.example/app:1",
-            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"},
+            "resources": {"requests": {"cpu": "25m", "memory": "64Mi"},
                           "limits": {"cpu": "100m", "memory": "128Mi"}}}]}
     }));
     until_the_webhook_sees_it(&client, ns, &probe, true).await;
@@ -161,7 +162,7 @@ async fn a_max_limit_request_ratio_is_met_by_raising_the_request() {
     create_deployment(&client, ns, &ratings).await;
     let pods = wait_for_pods(&client, ns, "app=ratings", 1).await;
     let r = sidecar_resources(&pods[0]);
-    assert_eq!(r["requests"]["cpu"], "20m", "{r}");
+    assert_eq!(r["requests"]["cpu"], "50m", "{r}");
     assert_eq!(r["limits"]["cpu"], "200m", "{r}");
     assert_eq!(r["requests"]["memory"], "64Mi", "{r}");
     assert_eq!(r["limits"]["memory"], "128Mi", "{r}");
@@ -216,7 +217,7 @@ async fn a_resource_quota_without_room_for_the_sidecar_skips_naming_it() {
     }));
     until_the_webhook_sees_it(&client, ns, &probe, false).await;
     create_deployment(&client, ns, &app).await;
-    // 95m fits the quota, 95m + the sidecar's 10m would not: the Pod is created.
+    // 95m fits the quota, 95m + the sidecar's 25m would not: the Pod is created.
     let pods = wait_for_pods(&client, ns, "app=api", 1).await;
     assert!(!is_injected(&pods[0]), "admitted without the sidecar");
     let events = skip_events(&client, ns, "InjectionSkipped").await;

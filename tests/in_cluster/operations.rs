@@ -12,13 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::Value;
 use testcluster::Cluster;
+use testcluster::node::Usage;
 
 use crate::load::{self, Load, Step};
 use crate::{
@@ -381,11 +382,11 @@ fn webhook_calls(cluster: &Cluster) -> WebhookCalls {
 }
 
 /// CPU time the replicas used between two readings (the same processes in both).
-fn cpu_seconds(before: &[Usage], after: &[Usage]) -> f64 {
+fn cpu_seconds(before: &[(String, Usage)], after: &[(String, Usage)]) -> f64 {
     after
         .iter()
-        .filter_map(|a| {
-            let b = before.iter().find(|b| b.pod == a.pod && b.pid == a.pid)?;
+        .filter_map(|(pod, a)| {
+            let (_, b) = before.iter().find(|(p, b)| p == pod && b.pid == a.pid)?;
             Some(a.cpu.saturating_sub(b.cpu).as_secs_f64())
         })
         .sum()
@@ -452,107 +453,35 @@ fn restarts(cluster: &Cluster, namespace: &str, pod: &str) -> u64 {
 fn container_pid(pod: &Value) -> u32 {
     let id = pod["status"]["containerStatuses"][0]["containerID"]
         .as_str()
-        .and_then(|i| i.strip_prefix("containerd://"))
-        .expect("a containerd container ID")
-        .to_owned();
-    let tasks = testcluster::node::ctr(&["tasks", "ls"]).expect("ctr tasks ls");
-    tasks
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            Some((words.next()?, words.next()?.parse::<u32>().ok()?))
-        })
-        .find(|(task, _)| *task == id)
-        .map(|(_, pid)| pid)
-        .unwrap_or_else(|| panic!("no task {id} in:\n{tasks}"))
+        .expect("a container ID");
+    testcluster::node::task_pid(id).expect("the replica's task")
 }
 
-/// What the node says one replica uses right now.
-#[derive(Debug)]
-struct Usage {
-    pod: String,
-    pid: u32,
-    /// The process: resident now, of which anonymous (its heap: the binary's pages are
-    /// file-backed and shared), and at its peak (VmRSS, RssAnon, VmHWM).
-    rss: u64,
-    anon: u64,
-    hwm: u64,
-    /// The container's memory cgroup: its peak charge (what the limit is held against).
-    cgroup_peak: u64,
-    /// The container's CPU time (cpuacct.usage).
-    cpu: Duration,
-    at: Instant,
-}
-
-fn usage(cluster: &Cluster) -> Vec<Usage> {
+/// What the node says each replica uses right now, by Pod name.
+fn usage(cluster: &Cluster) -> Vec<(String, Usage)> {
     replica_pods(cluster)
         .iter()
         .map(|pod| {
-            let pid = container_pid(pod);
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .expect("the replica's /proc status");
-            let kib = |key: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                    .expect("a VmRSS/VmHWM line")
-                    * 1024
-            };
-            Usage {
-                pod: name(pod),
-                pid,
-                rss: kib("VmRSS:"),
-                anon: kib("RssAnon:"),
-                hwm: kib("VmHWM:"),
-                cgroup_peak: cgroup_value(pid, "memory", "memory.max_usage_in_bytes"),
-                cpu: Duration::from_nanos(cgroup_value(pid, "cpuacct", "cpuacct.usage")),
-                at: Instant::now(),
-            }
+            let usage = Usage::of_pid(container_pid(pod)).expect("the replica's usage");
+            (name(pod), usage)
         })
         .collect()
 }
 
-/// A number from the file `file` of `pid`'s cgroup for `controller` (cgroup v1, as
-/// this node runs; v2 keeps one hierarchy with other file names).
-fn cgroup_value(pid: u32, controller: &str, file: &str) -> u64 {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("/proc cgroup");
-    let (mount, path) = cgroups
-        .lines()
-        .find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| (controllers.to_owned(), path.to_owned()))
-        })
-        .unwrap_or_else(|| panic!("no {controller} cgroup in:\n{cgroups}"));
-    let file = format!("/sys/fs/cgroup/{mount}{path}/{file}");
-    std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("{file}: {e}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
 /// One line per replica: CPU between the two readings, memory at the second.
-fn cpu_and_memory(before: &[Usage], after: &[Usage]) -> Vec<String> {
+fn cpu_and_memory(before: &[(String, Usage)], after: &[(String, Usage)]) -> Vec<String> {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     after
         .iter()
-        .map(|a| {
+        .map(|(pod, a)| {
             let cpu = before
                 .iter()
-                .find(|b| b.pod == a.pod && b.pid == a.pid)
-                .map(|b| {
-                    let used = a.cpu.saturating_sub(b.cpu).as_secs_f64();
-                    format!("{:.0}m CPU", used / (a.at - b.at).as_secs_f64() * 1000.0)
-                })
+                .find(|(p, _)| p == pod)
+                .and_then(|(_, b)| a.millicores_since(b))
+                .map(|m| format!("{m:.0}m CPU"))
                 .unwrap_or_else(|| "CPU n/a (restarted)".to_owned());
             format!(
-                "{}: {cpu}, RSS {:.1} MiB (anonymous {:.1} MiB, peak {:.1} MiB), cgroup peak {:.1} MiB",
-                a.pod,
+                "{pod}: {cpu}, RSS {:.1} MiB (anonymous {:.1} MiB, peak {:.1} MiB), cgroup peak {:.1} MiB",
                 mib(a.rss),
                 mib(a.anon),
                 mib(a.hwm),

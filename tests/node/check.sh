@@ -97,7 +97,7 @@ expect jaeger-agent "v$JAEGER_V1_VERSION" "$bin/jaeger-agent" version
 expect hotrod "Usage" "$bin/hotrod" --help
 expect otelcol-contrib "$OTELCOL_IMAGE_TAG" "$bin/otelcol-contrib" --version
 components=$("$bin/otelcol-contrib" components 2>&1 || true)
-for c in "name: otlp" "name: jaeger" "name: batch" "name: health_check"; do
+for c in "name: otlp" "name: jaeger" "name: batch" "name: memory_limiter" "name: resource" "name: health_check"; do
   if grep -q -- "$c" <<<"$components"; then ok "otelcol-contrib has $c"; else bad "otelcol-contrib lacks $c"; fi
 done
 

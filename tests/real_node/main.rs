@@ -16,6 +16,7 @@
 mod support;
 
 mod backend;
+mod footprint;
 mod hotrod;
 mod missed;
 mod ready;

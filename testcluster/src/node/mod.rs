@@ -84,6 +84,7 @@
 mod host;
 mod network;
 mod teardown;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -101,6 +102,7 @@ use kube::{Api, ResourceExt as _};
 
 pub use host::{LOCK_PATH, STATE_ROOT};
 pub use network::{BRIDGE, GUARD_TABLE, NODE_IP as REAL_NODE_IP, POD_CIDR, SERVICE_CIDR};
+pub use usage::{Usage, task_pid};
 
 use crate::process::{self, Mode};
 use crate::{Cluster, Component, progress, write_private};

@@ -15,6 +15,13 @@
 //	                    `otlp NAME-<n>` (or `jaeger NAME-<n>`) every second until
 //	                    stopped, n counting from 0; a failure is logged and the loop
 //	                    goes on, as an application's would
+//	spans rate otlp|jaeger PER_SECOND SECONDS
+//	                    PER_SECOND spans a second for SECONDS, spread over the second,
+//	                    each a server span with an HTTP request's attributes, through
+//	                    the SDKs' usual asynchronous paths (the OpenTelemetry batch
+//	                    processor, jaeger-client-go's queued UDP reporter); prints how
+//	                    many were made and, for OTLP, how many exports failed (the SDK
+//	                    drops what it cannot export or queue, as in an application)
 //	spans idle          waits for SIGTERM (a container to exec into)
 //
 // `otlp` exits 1 when the export failed; `jaeger` cannot tell (UDP), so its spans are
@@ -27,17 +34,20 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/opentracing/opentracing-go"
+	"github.com/opentracing/opentracing-go/ext"
 	jaegercfg "github.com/uber/jaeger-client-go/config"
 	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 func main() {
@@ -55,6 +65,8 @@ func main() {
 			usage()
 		}
 		loop(os.Args[2], os.Args[3])
+	case "rate":
+		err = rate(os.Args[2:])
 	case "idle":
 		idle()
 	default:
@@ -67,7 +79,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: spans otlp NAME | jaeger NAME | loop otlp|jaeger NAME | idle")
+	fmt.Fprintln(os.Stderr, "usage: spans otlp NAME | jaeger NAME | loop otlp|jaeger NAME | rate otlp|jaeger PER_SECOND SECONDS | idle")
 	os.Exit(2)
 }
 
@@ -179,4 +191,123 @@ func idle() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	<-ctx.Done()
+}
+
+// errorCounter counts the errors the SDK reports (failed exports).
+type errorCounter struct {
+	mu    sync.Mutex
+	n     int
+	first error
+}
+
+func (c *errorCounter) Handle(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	if c.first == nil {
+		c.first = err
+	}
+}
+
+// rate sends spans at a steady rate (see the package comment).
+func rate(args []string) error {
+	if len(args) != 3 || (args[0] != "otlp" && args[0] != "jaeger") {
+		usage()
+	}
+	perSecond, err1 := strconv.Atoi(args[1])
+	seconds, err2 := strconv.Atoi(args[2])
+	if err1 != nil || err2 != nil || perSecond <= 0 || seconds <= 0 {
+		usage()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	var span func(n int)
+	var finish func() error
+	failures := &errorCounter{}
+	if args[0] == "otlp" {
+		otel.SetErrorHandler(failures)
+		exporter, err := autoexport.NewSpanExporter(ctx)
+		if err != nil {
+			return fmt.Errorf("exporter: %w", err)
+		}
+		res, err := resource.New(ctx, resource.WithFromEnv(), resource.WithTelemetrySDK())
+		if err != nil {
+			return fmt.Errorf("resource: %w", err)
+		}
+		provider := sdktrace.NewTracerProvider(
+			sdktrace.WithBatcher(exporter),
+			sdktrace.WithResource(res),
+		)
+		tracer := provider.Tracer("tracehook.dev/tests/spans")
+		span = func(n int) {
+			_, s := tracer.Start(ctx, "GET /dispatch", trace.WithSpanKind(trace.SpanKindServer))
+			s.SetAttributes(
+				attribute.String("http.request.method", "GET"),
+				attribute.String("url.path", "/dispatch"),
+				attribute.String("url.query", fmt.Sprintf("customer=%d", n%1000)),
+				attribute.Int("http.response.status_code", 200),
+				attribute.String("server.address", "frontend"),
+				attribute.Int("server.port", 8080),
+				attribute.String("user_agent.original", "spans/1"),
+			)
+			s.End()
+		}
+		finish = func() error {
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return provider.Shutdown(shutdownCtx)
+		}
+	} else {
+		cfg, err := jaegercfg.FromEnv()
+		if err != nil {
+			return fmt.Errorf("jaeger configuration from the environment: %w", err)
+		}
+		cfg.Sampler = &jaegercfg.SamplerConfig{Type: "const", Param: 1}
+		tracer, closer, err := cfg.NewTracer()
+		if err != nil {
+			return fmt.Errorf("tracer: %w", err)
+		}
+		span = func(n int) {
+			s := tracer.StartSpan("GET /dispatch")
+			ext.SpanKindRPCServer.Set(s)
+			ext.HTTPMethod.Set(s, "GET")
+			ext.HTTPUrl.Set(s, fmt.Sprintf("/dispatch?customer=%d", n%1000))
+			ext.HTTPStatusCode.Set(s, 200)
+			s.SetTag("server.address", "frontend")
+			s.SetTag("user_agent.original", "spans/1")
+			s.Finish()
+		}
+		finish = closer.Close
+	}
+	// Ticks of 10 ms, each making its share of the second's spans.
+	const ticksPerSecond = 100
+	ticker := time.NewTicker(time.Second / ticksPerSecond)
+	defer ticker.Stop()
+	started := time.Now()
+	made := 0
+	for tick := 0; tick < seconds*ticksPerSecond; tick++ {
+		due := (tick + 1) * perSecond / ticksPerSecond
+		for ; made < due; made++ {
+			span(made)
+		}
+		select {
+		case <-ctx.Done():
+			tick = seconds * ticksPerSecond
+		case <-ticker.C:
+		}
+	}
+	elapsed := time.Since(started).Seconds()
+	err := finish()
+	failures.mu.Lock()
+	defer failures.mu.Unlock()
+	fmt.Printf("rate %s: %d spans in %.1f s (%.0f/s), %d export errors", args[0], made, elapsed,
+		float64(made)/elapsed, failures.n)
+	if failures.first != nil {
+		fmt.Printf(" (first: %v)", failures.first)
+	}
+	fmt.Println()
+	if err != nil {
+		fmt.Printf("shutdown: %v\n", err)
+	}
+	return nil
 }
