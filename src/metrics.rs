@@ -1,7 +1,8 @@
 //! Prometheus metrics, served as text on the plain-HTTP port.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -178,7 +179,34 @@ impl Default for Metrics {
     }
 }
 
+/// Log lines the non-blocking log writer dropped because its buffer was full (whatever
+/// reads tracehook's stderr fell behind): read at each scrape.
+#[derive(Debug)]
+struct DroppedLogLines(tracing_appender::non_blocking::ErrorCounter);
+
+impl Collector for DroppedLogLines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(self.0.dropped_lines() as u64);
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log reader fell behind (admissions never wait for it)",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
 impl Metrics {
+    /// Exposes `tracehook_log_lines_dropped_total` from the log writer's counter.
+    pub fn count_dropped_log_lines(
+        &mut self,
+        dropped: tracing_appender::non_blocking::ErrorCounter,
+    ) {
+        self.registry
+            .register_collector(Box::new(DroppedLogLines(dropped)));
+    }
+
     pub fn count(&self, outcome: &'static str, reason: &'static str) {
         self.requests
             .get_or_create(&OutcomeLabels { outcome, reason })
@@ -222,5 +250,44 @@ mod tests {
             text.contains("tracehook_reconcile_duration_seconds_count 2"),
             "{text}"
         );
+    }
+
+    /// A log reader that reads nothing until released.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_lines_dropped_while_the_reader_is_stuck_are_counted() {
+        use std::io::Write as _;
+        let (release, stuck) = std::sync::mpsc::channel();
+        let (mut writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(1)
+            .finish(Stuck(stuck));
+        for _ in 0..10 {
+            writer.write_all(b"a line\n").expect("never blocks");
+        }
+        let mut metrics = Metrics::default();
+        metrics.count_dropped_log_lines(writer.error_counter());
+        let text = metrics.render();
+        // One line in the stuck write (or not yet taken), one in the buffer: the rest
+        // were dropped.
+        let dropped: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tracehook_log_lines_dropped_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no dropped-lines counter in {text}"));
+        assert!((8..=9).contains(&dropped), "{text}");
+        drop(release);
+        drop(guard);
     }
 }

@@ -61,6 +61,8 @@ pub struct Config {
     pub settings: Settings,
     /// The `POD_NAME` of this replica, for Events.
     pub pod_name: Option<String>,
+    /// The log writer's count of dropped lines, exposed as a metric.
+    pub dropped_log_lines: Option<tracing_appender::non_blocking::ErrorCounter>,
 }
 
 /// Named tasks; the first to end, or to fail, ends the process.
@@ -110,7 +112,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let mut tasks = Supervisor::new();
-    let metrics = Metrics::default();
+    let mut metrics = Metrics::default();
+    if let Some(dropped) = config.dropped_log_lines.clone() {
+        metrics.count_dropped_log_lines(dropped);
+    }
     // Ends the reconciler's campaign on a graceful shutdown, releasing its Lease so that
     // another replica leads at once.
     let (stop_campaign, campaign_stop) = tokio::sync::watch::channel(false);

@@ -570,3 +570,92 @@ fn large_floats_read_back_the_same() {
     let second = tracehook(&["inject", "-f", "-"], &text);
     assert_eq!(String::from_utf8(second.stdout).expect("utf-8"), text);
 }
+
+/// A log reader that stops reading (the pipe to the container runtime full) does not
+/// stop admissions: the lines beyond the writer's buffer are dropped and counted. When
+/// the line of each admission was written on the worker thread, the first admission
+/// to meet the full pipe blocked, and every one after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_log_reader_does_not_stop_admissions() {
+    use common::{client, tls};
+    common::tls::install_provider();
+    let dir = tempfile::tempdir().expect("a directory");
+    let out = dir.path().to_str().expect("utf-8");
+    assert_success(&tracehook(&["certs", "--out", out], ""));
+    let ca = std::fs::read_to_string(dir.path().join("ca.crt")).expect("ca.crt");
+    let free_port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("address").port()
+    };
+    let (port, probe_port) = (free_port(), free_port());
+    // stderr is a pipe nobody reads: it fills after a few hundred lines.
+    let child = Command::new(env!("CARGO_BIN_EXE_tracehook"))
+        .args(["serve", "--no-cluster", "--instance", "obs/test"])
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--probe-listen=127.0.0.1:{probe_port}"))
+        .arg(format!("--tls-cert-file={out}/tls.crt"))
+        .arg(format!("--tls-key-file={out}/tls.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tracehook serve runs");
+    /// Stops the server however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(child);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = std::time::Instant::now();
+    let stream = loop {
+        match tls::connect(addr, tls::client_config(&ca, b"h2")).await {
+            Ok(stream) => break stream,
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("tracehook serve did not listen: {e}"),
+        }
+    };
+    let (sender, _connection) = client::http2_client(stream).await;
+    // More admissions than the writer's buffer (8,192 lines) and the pipe hold.
+    const ADMISSIONS: usize = 12_000;
+    // Injected, so each admission logs a line at the default level.
+    let body = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/reviews/pod-asking-for-injection.json"
+    ))
+    .expect("the review");
+    let mut answered = 0;
+    for chunk in 0..ADMISSIONS / 16 {
+        let calls = (0..16).map(|_| {
+            let mut sender = sender.clone();
+            let request = client::post_json("/mutate", body.clone());
+            async move {
+                let response = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    sender.send_request(request),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("an admission waited 5 s (chunk {chunk})"))
+                .expect("an answer");
+                client::json_body(response).await
+            }
+        });
+        for review in futures::future::join_all(calls).await {
+            assert_eq!(review["response"]["patchType"], "JSONPatch", "{review}");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, ADMISSIONS);
+    let (_, metrics) = common::http::http_get(probe_port, "/metrics").expect("metrics");
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tracehook_log_lines_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-lines counter:\n{metrics}"));
+    assert!(dropped > 0.0, "{metrics}");
+}
