@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -90,37 +91,67 @@ func name() string {
 	return os.Args[2]
 }
 
-// errorHandler keeps the first error the SDK reports (an export that failed).
-type errorHandler struct {
-	mu  sync.Mutex
-	err error
+// errorCounter counts the errors the SDK reports (failed exports) and keeps the first.
+type errorCounter struct {
+	mu    sync.Mutex
+	n     int
+	first error
 }
 
-func (h *errorHandler) Handle(err error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.err == nil {
-		h.err = err
+func (c *errorCounter) Handle(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	if c.first == nil {
+		c.first = err
 	}
 }
 
-func otlp(ctx context.Context, name string) error {
-	handler := &errorHandler{}
+// otlpProvider is the OpenTelemetry set-up of an instrumented application, read from
+// the environment: exporter and protocol (autoexport), OTEL_SERVICE_NAME and
+// OTEL_RESOURCE_ATTRIBUTES (the SDK's default resource). Errors go to handler. A
+// synchronous processor exports (or fails) before Shutdown returns; a batched one is
+// the asynchronous path applications usually take.
+func otlpProvider(ctx context.Context, handler otel.ErrorHandler, batched bool) (*sdktrace.TracerProvider, error) {
 	otel.SetErrorHandler(handler)
 	exporter, err := autoexport.NewSpanExporter(ctx)
 	if err != nil {
-		return fmt.Errorf("exporter: %w", err)
+		return nil, fmt.Errorf("exporter: %w", err)
 	}
-	// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, as the SDK's default resource.
 	res, err := resource.New(ctx, resource.WithFromEnv(), resource.WithTelemetrySDK())
 	if err != nil {
-		return fmt.Errorf("resource: %w", err)
+		return nil, fmt.Errorf("resource: %w", err)
 	}
-	// A synchronous processor: the export happens (or fails) before Shutdown returns.
-	provider := sdktrace.NewTracerProvider(
-		sdktrace.WithSyncer(exporter),
-		sdktrace.WithResource(res),
-	)
+	processor := sdktrace.WithSyncer(exporter)
+	if batched {
+		processor = sdktrace.WithBatcher(exporter)
+	}
+	return sdktrace.NewTracerProvider(processor, sdktrace.WithResource(res)), nil
+}
+
+// jaegerTracer is jaeger-client-go's set-up from the environment (config.FromEnv:
+// JAEGER_SERVICE_NAME, JAEGER_AGENT_HOST/PORT, JAEGER_TAGS), keeping every trace (the
+// default remote sampler would ask the agent first). Closing the closer flushes the
+// reporter's queue to the agent.
+func jaegerTracer() (opentracing.Tracer, io.Closer, string, error) {
+	cfg, err := jaegercfg.FromEnv()
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("jaeger configuration from the environment: %w", err)
+	}
+	cfg.Sampler = &jaegercfg.SamplerConfig{Type: "const", Param: 1}
+	tracer, closer, err := cfg.NewTracer()
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("tracer: %w", err)
+	}
+	return tracer, closer, cfg.ServiceName, nil
+}
+
+func otlp(ctx context.Context, name string) error {
+	handler := &errorCounter{}
+	provider, err := otlpProvider(ctx, handler, false)
+	if err != nil {
+		return err
+	}
 	tracer := provider.Tracer("tracehook.dev/tests/spans")
 	parentCtx, parent := tracer.Start(ctx, name)
 	parent.SetAttributes(attribute.String("test.client", "otel-go"))
@@ -133,7 +164,7 @@ func otlp(ctx context.Context, name string) error {
 	err = provider.Shutdown(shutdownCtx)
 	handler.mu.Lock()
 	defer handler.mu.Unlock()
-	if err := errors.Join(err, handler.err); err != nil {
+	if err := errors.Join(err, handler.first); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	fmt.Printf("sent %s (trace %s)\n", name, parent.SpanContext().TraceID())
@@ -141,15 +172,9 @@ func otlp(ctx context.Context, name string) error {
 }
 
 func jaeger(name string) error {
-	cfg, err := jaegercfg.FromEnv()
+	tracer, closer, service, err := jaegerTracer()
 	if err != nil {
-		return fmt.Errorf("jaeger configuration from the environment: %w", err)
-	}
-	// Every trace is kept (the default remote sampler would ask the agent first).
-	cfg.Sampler = &jaegercfg.SamplerConfig{Type: "const", Param: 1}
-	tracer, closer, err := cfg.NewTracer()
-	if err != nil {
-		return fmt.Errorf("tracer: %w", err)
+		return err
 	}
 	parent := tracer.StartSpan(name)
 	parent.SetTag("test.client", "jaeger-client-go")
@@ -157,11 +182,10 @@ func jaeger(name string) error {
 	time.Sleep(5 * time.Millisecond)
 	child.Finish()
 	parent.Finish()
-	// Close flushes the reporter's queue to the agent.
 	if err := closer.Close(); err != nil {
 		return fmt.Errorf("close: %w", err)
 	}
-	fmt.Printf("sent %s as %s\n", name, cfg.ServiceName)
+	fmt.Printf("sent %s as %s\n", name, service)
 	return nil
 }
 
@@ -193,22 +217,6 @@ func idle() {
 	<-ctx.Done()
 }
 
-// errorCounter counts the errors the SDK reports (failed exports).
-type errorCounter struct {
-	mu    sync.Mutex
-	n     int
-	first error
-}
-
-func (c *errorCounter) Handle(err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.n++
-	if c.first == nil {
-		c.first = err
-	}
-}
-
 // rate sends spans at a steady rate (see the package comment).
 func rate(args []string) error {
 	if len(args) != 3 || (args[0] != "otlp" && args[0] != "jaeger") {
@@ -225,19 +233,10 @@ func rate(args []string) error {
 	var finish func() error
 	failures := &errorCounter{}
 	if args[0] == "otlp" {
-		otel.SetErrorHandler(failures)
-		exporter, err := autoexport.NewSpanExporter(ctx)
+		provider, err := otlpProvider(ctx, failures, true)
 		if err != nil {
-			return fmt.Errorf("exporter: %w", err)
+			return err
 		}
-		res, err := resource.New(ctx, resource.WithFromEnv(), resource.WithTelemetrySDK())
-		if err != nil {
-			return fmt.Errorf("resource: %w", err)
-		}
-		provider := sdktrace.NewTracerProvider(
-			sdktrace.WithBatcher(exporter),
-			sdktrace.WithResource(res),
-		)
 		tracer := provider.Tracer("tracehook.dev/tests/spans")
 		span = func(n int) {
 			_, s := tracer.Start(ctx, "GET /dispatch", trace.WithSpanKind(trace.SpanKindServer))
@@ -258,14 +257,9 @@ func rate(args []string) error {
 			return provider.Shutdown(shutdownCtx)
 		}
 	} else {
-		cfg, err := jaegercfg.FromEnv()
+		tracer, closer, _, err := jaegerTracer()
 		if err != nil {
-			return fmt.Errorf("jaeger configuration from the environment: %w", err)
-		}
-		cfg.Sampler = &jaegercfg.SamplerConfig{Type: "const", Param: 1}
-		tracer, closer, err := cfg.NewTracer()
-		if err != nil {
-			return fmt.Errorf("tracer: %w", err)
+			return err
 		}
 		span = func(n int) {
 			s := tracer.StartSpan("GET /dispatch")
