@@ -3,8 +3,10 @@
 //! of its metric and the Event to publish. The server, the fixtures, the fuzzer and the
 //! benchmarks all call it.
 //!
-//! The request keeps the Pod as raw JSON (the engine patches what is there, fields the
-//! Rust types do not know included), and the response is our own type: kube-core 5's
+//! The request keeps the Pod as JSON, of which it reads only what the engine looks at
+//! ([`pod_fields`]): the patch is built by JSON Pointer against what is there, and the
+//! API server applies it to the whole Pod, fields the Rust types do not know included.
+//! The response is our own type: kube-core 5's
 //! `AdmissionResponse` serializes the patch as an array of numbers (kube-rs #1781),
 //! while the AdmissionReview API documents a base64 string.
 
@@ -13,6 +15,8 @@ use kube::core::admission::Operation;
 use kube::core::{GroupVersionKind, GroupVersionResource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub mod pod_fields;
 
 use crate::cluster::Snapshot;
 use crate::inject::{self, Decision, Settings, Skip, SkipReason, Workload};
@@ -41,7 +45,8 @@ pub struct AdmissionRequest {
     #[serde(default)]
     pub namespace: Option<String>,
     pub operation: Operation,
-    #[serde(default)]
+    /// The Pod, with only the fields the engine reads ([`pod_fields::POD`]).
+    #[serde(default, deserialize_with = "pod_fields::deserialize")]
     pub object: Option<Value>,
     #[serde(default)]
     pub dry_run: Option<bool>,

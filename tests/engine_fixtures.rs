@@ -240,7 +240,7 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
     let ctx = format!("{name} ({})", f.description);
     let body = serde_json::to_vec(&f.review).expect("review serializes");
     let request = AdmissionReview::parse(&body).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    let (ns_name, pod) = request.subject().unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
+    let (ns_name, _) = request.subject().unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
     let namespace = match &f.namespace {
         Some(n) => NamespaceMeta {
             name: n.name.clone().unwrap_or_else(|| ns_name.to_owned()),
@@ -274,10 +274,25 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
         warnings: Vec::new(),
     };
     let reviewed = admission::review(&request, &snapshot, &settings);
+    // The request holds only the fields of the Pod the engine reads
+    // (admission::pod_fields); the whole Pod must decide the same.
+    let whole_pod = &f.review["request"]["object"];
+    let whole = inject::decide(&inject::Input {
+        pod: whole_pod,
+        namespace: &namespace,
+        workload: workload.as_ref(),
+        instances: Instances::Known(&all),
+        env_from: &env_from,
+        settings: &settings,
+    });
     let response = reviewed.response;
     let decision = reviewed
         .decision
         .unwrap_or_else(|| panic!("{ctx}: a Pod creation is decided"));
+    assert_eq!(
+        decision, whole,
+        "{ctx}: the Pod as the request reads it and the whole Pod decide alike"
+    );
     assert_eq!(reviewed.outcome, decision.outcome(), "{ctx}: metric label");
     assert_eq!(response.uid, request.uid, "{ctx}: uid echoed");
     assert!(response.allowed, "{ctx}: always allowed");
@@ -332,7 +347,8 @@ fn fixture(#[files("tests/data/*.json")] path: PathBuf) {
         .decode(response.patch.as_deref().unwrap_or_default())
         .expect("patch is base64");
     let patch: json_patch::Patch = serde_json::from_slice(&raw).expect("patch is a JSON Patch");
-    let mut result = pod.clone();
+    // Applied as the API server applies it: to the whole Pod it holds.
+    let mut result = whole_pod.clone();
     json_patch::patch(&mut result, &patch)
         .unwrap_or_else(|err| panic!("{ctx}: patch applies: {err}"));
     serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(result.clone())

@@ -12,7 +12,7 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::{Index, select, subsequence};
 use serde_json::{Map, Value, json};
-use tracehook::admission::AdmissionResponse;
+use tracehook::admission::{AdmissionResponse, pod_fields};
 use tracehook::inject::{
     self, Decision, EnvFromKeys, Flavor, Instance, Instances, NamespaceMeta, Settings,
     SidecarSettings,
@@ -511,6 +511,15 @@ proptest! {
             .any(|c| c["name"] == injection.flavor.container_name());
         assert_only_added(&pod, &result, injection.flavor, native);
         prop_assert_eq!(decide(&result, &world), Decision::AlreadyInjected);
+    }
+
+    /// The webhook reads only some fields of the Pod (admission::pod_fields); what it
+    /// decides from them is what it would decide from the whole Pod.
+    #[test]
+    fn the_fields_read_decide_as_the_whole_pod(pod in pod(), world in world()) {
+        let read = pod_fields::from_slice(pod.to_string().as_bytes(), pod_fields::POD)
+            .expect("valid JSON");
+        prop_assert_eq!(decide(&read, &world), decide(&pod, &world));
     }
 
     #[test]

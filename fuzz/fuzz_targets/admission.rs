@@ -1,7 +1,8 @@
 //! The webhook's decode + inject path on arbitrary bytes: parse the AdmissionReview,
-//! decide, answer; and whenever a patch comes out, it must apply to the Pod it was
-//! made for, and the patched Pod must be recognised as already injected (the API
-//! server reinvokes the webhook with it).
+//! decide, answer; the whole Pod must decide as the fields the request reads of it do;
+//! and whenever a patch comes out, it must apply to the whole Pod, and the patched Pod
+//! must be recognised as already injected (the API server reinvokes the webhook with
+//! it).
 
 #![no_main]
 
@@ -86,23 +87,38 @@ fuzz_target!(|data: &[u8]| {
     // The webhook's own review step.
     let reviewed = admission::review(&request, &snapshot, &settings);
     check_review(&reviewed.response.into_review_json());
-    if let (Ok((_, pod)), Some(Decision::Injected(injection))) =
-        (request.subject(), &reviewed.decision)
-    {
+    // The request read only the fields of the Pod the engine looks at; the whole Pod
+    // (as the API server holds it) must decide the same, and take the patch. (A body
+    // nested too deep for a whole `Value`, in a field the request skips, is not
+    // compared.)
+    let Ok((_, _)) = request.subject() else {
+        return;
+    };
+    let Ok(mut body) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let pod = body["request"]["object"].take();
+    let input = |pod| inject::Input {
+        pod,
+        namespace: &namespace,
+        workload: None,
+        instances: Instances::Known(&instances),
+        env_from: &env_from,
+        settings: &settings,
+    };
+    let whole = inject::decide(&input(&pod));
+    assert_eq!(
+        Some(&whole),
+        reviewed.decision.as_ref(),
+        "the whole Pod and the fields read decide alike"
+    );
+    if let Decision::Injected(injection) = &whole {
         let mut patched = pod.clone();
         if let Err(e) = json_patch::patch(&mut patched, &injection.patch) {
             panic!("the patch does not apply to its own Pod: {e}");
         }
-        let again = inject::decide(&inject::Input {
-            pod: &patched,
-            namespace: &namespace,
-            workload: None,
-            instances: Instances::Known(&instances),
-            env_from: &env_from,
-            settings: &settings,
-        });
         assert_eq!(
-            again,
+            inject::decide(&input(&patched)),
             Decision::AlreadyInjected,
             "reinvocation must add nothing"
         );
