@@ -13,6 +13,10 @@ use clap::Parser as _;
 use tracehook_sysbench::cli::{Cli, Command, Shape};
 use tracehook_sysbench::{detector, e2e, footprint, load, pods, reconciler};
 
+/// The allocator of the `tracehook` binary, so that `admit-loop` profiles what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
