@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use testcluster::node::Usage;
 
+use crate::support::{INSTANCE, INSTANCE_NS};
 use crate::world::*;
 
 /// Spans a second and seconds of the steady load and of the burst.
@@ -171,7 +172,9 @@ fn spans_made(output: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_footprint_idle_under_load_and_in_a_burst() {
-    let _up = backend_up().await;
+    // Exclusive: the burst's second `Jaeger` would take the Pods of tests that ask
+    // for `true` (the only instance) while it exists.
+    let _alone = exclusive().await;
     let namespace = unique("footprint");
     labelled_namespace(&namespace, json!({}));
     let steady: Vec<(String, Flavor)> = Flavor::ALL
@@ -367,6 +370,32 @@ async fn sidecar_footprint_idle_under_load_and_in_a_burst() {
     for (pod, flavor) in burst.iter() {
         assert_unharmed(&namespace, pod, flavor.container());
     }
+    // The second instance goes, and tracehook's watch must have seen it go, before the
+    // other tests run: a Pod asking for `true` resolves to the only instance, and they
+    // rely on that being obs/test (when they ran meanwhile, their Pods went to `gone`).
+    kubectl(&[
+        "delete",
+        "jaeger",
+        "gone",
+        "-n",
+        &gone_ns,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    let only = format!("{INSTANCE_NS}.{INSTANCE}");
+    wait_for(
+        Duration::from_secs(30),
+        "a Pod asking for `true` injected for obs/test again",
+        || {
+            let probe = pod(
+                &namespace,
+                "after-gone",
+                json!({"tracehook.dev/inject": "true"}),
+            );
+            let stored = dry_run_create(&probe)?;
+            (stored["metadata"]["labels"]["tracehook.dev/injected"] == only.as_str()).then_some(())
+        },
+    );
     kubectl(&["delete", "namespace", &namespace, &gone_ns, "--wait=false"]);
 }
 

@@ -125,6 +125,17 @@ pub fn apply_text(manifest: &str) {
     assert!(ok, "kubectl apply: {stderr}");
 }
 
+/// A server-side dry-run create of `object`: what the API server would store, or
+/// `None` when it refused.
+pub fn dry_run_create(object: &Value) -> Option<Value> {
+    let (ok, stdout, _) = support::kubectl_stdin(
+        world().cluster,
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        &object.to_string(),
+    );
+    ok.then(|| serde_json::from_str(&stdout).ok()).flatten()
+}
+
 /// A namespace labelled for injection, with more labels (Pod Security, say).
 pub fn labelled_namespace(name: &str, labels: Value) {
     let mut all = json!({"tracehook.dev/injection": "enabled"});
