@@ -3,7 +3,9 @@
 //! jaeger-agent flavor but without the sidecar's startupProbe (the Pod tracehook would
 //! write, taken from a dry run, the probe removed, created as already injected): the
 //! difference between the last two is what the probe costs, the rest the agent's own
-//! start. Rounds create one Pod of each kind at the same moment, so every kind sees the
+//! start. A fifth kind is the jaeger-agent flavor as a plain sidecar
+//! (`tracehook.dev/native-sidecar: "false"`): it starts beside the app, not before it,
+//! and gates Ready by its readinessProbe. Rounds create one Pod of each kind at the same moment, so every kind sees the
 //! same node. The figures are printed (BENCHMARKS.md quotes a run); only that every Pod
 //! became Ready, with the sidecar it should have, is asserted.
 
@@ -35,14 +37,16 @@ enum Kind {
     JaegerAgent,
     OtelCollector,
     JaegerAgentNoProbe,
+    JaegerAgentPlainSidecar,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 5] = [
         Kind::Plain,
         Kind::JaegerAgent,
         Kind::OtelCollector,
         Kind::JaegerAgentNoProbe,
+        Kind::JaegerAgentPlainSidecar,
     ];
 
     fn slug(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Kind {
             Kind::JaegerAgent => "jaeger-agent",
             Kind::OtelCollector => "otel-collector",
             Kind::JaegerAgentNoProbe => "no-probe",
+            Kind::JaegerAgentPlainSidecar => "plain-sidecar",
         }
     }
 
@@ -60,6 +65,16 @@ impl Kind {
             Kind::JaegerAgent => "jaeger-agent",
             Kind::OtelCollector => "otel-collector",
             Kind::JaegerAgentNoProbe => "jaeger-agent, no startupProbe",
+            Kind::JaegerAgentPlainSidecar => "jaeger-agent, plain sidecar",
+        }
+    }
+
+    /// Containers (init containers, containers) the stored Pod has.
+    fn containers(self) -> (usize, usize) {
+        match self {
+            Kind::Plain => (0, 1),
+            Kind::JaegerAgentPlainSidecar => (0, 2),
+            _ => (1, 1),
         }
     }
 }
@@ -168,6 +183,12 @@ async fn time_to_ready_plain_and_injected() {
                     &name,
                     json!({"tracehook.dev/sidecar-flavor": "otel-collector"}),
                 ),
+                Kind::JaegerAgentPlainSidecar => pod(
+                    &namespace,
+                    &name,
+                    json!({"tracehook.dev/sidecar-flavor": "jaeger-agent",
+                           "tracehook.dev/native-sidecar": "false"}),
+                ),
                 Kind::JaegerAgentNoProbe => {
                     let mut p = no_probe.clone();
                     p["metadata"]["name"] = name.clone().into();
@@ -180,15 +201,15 @@ async fn time_to_ready_plain_and_injected() {
                 .create(&PostParams::default(), &manifest)
                 .await
                 .expect("created");
-            let sidecars = stored
-                .spec
-                .as_ref()
-                .and_then(|s| s.init_containers.as_ref())
-                .map_or(0, Vec::len);
+            let spec = stored.spec.as_ref().expect("a spec");
+            let containers = (
+                spec.init_containers.as_ref().map_or(0, Vec::len),
+                spec.containers.len(),
+            );
             assert_eq!(
-                sidecars,
-                usize::from(kind != Kind::Plain),
-                "{name}: sidecars"
+                containers,
+                kind.containers(),
+                "{name}: (init containers, containers)"
             );
             created.push((kind, name, sent));
         }
