@@ -49,6 +49,10 @@ pub enum Command {
         /// Alternations between the modes per concurrency.
         #[arg(long, default_value_t = e2e::Options::default().chunks)]
         chunks: usize,
+        /// Length of a CPU profile of the API server with the webhook and one without
+        /// (0: none), taken after the measurements.
+        #[arg(long, default_value_t = e2e::Options::default().profile_seconds)]
+        profile_seconds: u64,
     },
     /// exec → TLS listener with a generated certificate.
     Startup {

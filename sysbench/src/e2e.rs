@@ -1,7 +1,13 @@
 //! Item 3: Pod creation through the real API server, with the webhook registered and
-//! without, in one run. Chunks of creations alternate between the two modes so that
-//! the cluster's own drift (etcd growing, compaction, other load) falls on both; the
+//! without, in one run. Chunks of creations alternate between the modes so that the
+//! cluster's own drift (etcd growing, compaction, other load) falls on all; the
 //! registration is checked by a dry-run create before every chunk.
+//!
+//! Two more modes take the added latency apart: a call that changes nothing (the
+//! webhook registered, the Pod annotated `tracehook.dev/inject: "false"`), and the
+//! injected Pod stored without a call (`tracehook inject`'s output of the same Pod,
+//! the webhook unregistered). With `--profile-seconds`, a CPU profile of the API
+//! server is taken while Pods are created one at a time with the webhook and without.
 //!
 //! The Pods name a scheduler that does not exist, so that nothing acts on them after
 //! creation: the measured work is admission and storage alone.
@@ -31,6 +37,8 @@ pub struct Options {
     pub concurrencies: Vec<usize>,
     /// Alternations between the modes per concurrency.
     pub chunks: usize,
+    /// Length of each of the API server's CPU profiles; 0: none.
+    pub profile_seconds: u64,
 }
 
 impl Default for Options {
@@ -39,13 +47,20 @@ impl Default for Options {
             pods: 2000,
             concurrencies: vec![1, 16],
             chunks: 4,
+            profile_seconds: 0,
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
+    /// No webhook registered, the plain Pod.
     Without,
+    /// The webhook registered and called, the Pod annotated out: no patch.
+    Called,
+    /// No webhook registered, the Pod as tracehook injects it.
+    Preinjected,
+    /// The webhook registered, the plain Pod: injected.
     With,
 }
 
@@ -53,10 +68,37 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Without => "without webhook",
+            Mode::Called => "called, no patch",
+            Mode::Preinjected => "injected Pod, no call",
             Mode::With => "with webhook",
         }
     }
+
+    fn registered(self) -> bool {
+        matches!(self, Mode::Called | Mode::With)
+    }
+
+    fn injected(self) -> bool {
+        matches!(self, Mode::Preinjected | Mode::With)
+    }
+
+    /// The Pod this mode creates.
+    fn pod(self, name: &str) -> Result<Pod> {
+        let mut pod = plain_pod(name);
+        match self {
+            Mode::Without | Mode::With => {}
+            Mode::Called => {
+                pod["metadata"]["annotations"] = json!({"tracehook.dev/inject": "false"});
+            }
+            Mode::Preinjected => pod = offline_injected(pod)?,
+        }
+        Ok(serde_json::from_value(pod)?)
+    }
 }
+
+/// The modes in the order of even chunks (odd chunks run them backwards): the
+/// registration changes twice per chunk.
+const MODES: [Mode; 4] = [Mode::Without, Mode::Preinjected, Mode::Called, Mode::With];
 
 /// The cluster, the webhook and its registration that every concurrency runs against.
 struct Setup {
@@ -90,11 +132,18 @@ pub async fn run(opts: &Options) -> Result<()> {
     let setup = set_up().await?;
     let mut tables = Tables::default();
     let mut serial = 0usize;
+    check_offline_injection(&setup, &mut serial).await?;
     for &concurrency in &opts.concurrencies {
         let measured = measure(&setup, opts, concurrency, &mut serial).await?;
         report_concurrency(concurrency, &measured, &mut tables)?;
     }
-    let report = report(opts, &tables, &setup.webhook)?;
+    let profiles = if opts.profile_seconds > 0 {
+        profile_apiserver(&setup, opts.profile_seconds, &mut serial).await?
+    } else {
+        String::new()
+    };
+    let mut report = report(opts, &tables, &setup.webhook)?;
+    report.push_str(&profiles);
     println!("{report}");
     std::fs::write(setup.dir.join("report.md"), &report)?;
     println!("(also in {})", setup.dir.join("report.md").display());
@@ -149,11 +198,10 @@ async fn measure(
     let mut samples: BTreeMap<Mode, (Vec<Duration>, Duration)> = BTreeMap::new();
     let per_chunk = opts.pods.div_ceil(opts.chunks);
     for chunk in 0..opts.chunks {
-        let order = if chunk % 2 == 0 {
-            [Mode::Without, Mode::With]
-        } else {
-            [Mode::With, Mode::Without]
-        };
+        let mut order = MODES;
+        if chunk % 2 == 1 {
+            order.reverse();
+        }
         for mode in order {
             set_mode(client, api, config, mode, serial).await?;
             let n = per_chunk.min(opts.pods - chunk * per_chunk);
@@ -191,14 +239,18 @@ fn report_concurrency(concurrency: usize, measured: &Measured, tables: &mut Tabl
         )?;
         summaries.insert(*mode, s);
     }
-    let (with, without) = (summaries[&Mode::With], summaries[&Mode::Without]);
-    writeln!(
-        tables.added,
-        "| {concurrency} | {:.3} | {:.3} | {:.3} |",
-        with.mean - without.mean,
-        with.p50 - without.p50,
-        with.p99 - without.p99
-    )?;
+    let without = summaries[&Mode::Without];
+    for mode in [Mode::Called, Mode::Preinjected, Mode::With] {
+        let s = summaries[&mode];
+        writeln!(
+            tables.added,
+            "| {concurrency} | {} | {:.3} | {:.3} | {:.3} |",
+            mode.name(),
+            s.mean - without.mean,
+            s.p50 - without.p50,
+            s.p99 - without.p99
+        )?;
+    }
     let delta = &measured.apiserver;
     let (sum, count) = measured.ours;
     writeln!(
@@ -235,9 +287,9 @@ fn report(opts: &Options, tables: &Tables, webhook: &Webhook) -> Result<String> 
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
     report.push_str(&tables.creations);
-    writeln!(report, "\n### Added latency (with − without)\n")?;
-    writeln!(report, "| concurrency | mean ms | p50 ms | p99 ms |")?;
-    writeln!(report, "|---|---|---|---|")?;
+    writeln!(report, "\n### Added latency (mode − without webhook)\n")?;
+    writeln!(report, "| concurrency | mode | mean ms | p50 ms | p99 ms |")?;
+    writeln!(report, "|---|---|---|---|---|")?;
     report.push_str(&tables.added);
     writeln!(
         report,
@@ -270,14 +322,129 @@ pub async fn wait_for_service_account(client: &Client, namespace: &str) -> Resul
     Ok(())
 }
 
-fn pod(name: &str) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
+fn plain_pod(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "bench"}},
         "spec": {
             "schedulerName": "tracehook-sysbench-unscheduled",
             "containers": [{"name": "app", "image": "registry.example/app:1"}]
         }
-    }))?)
+    })
+}
+
+/// The Pod as `tracehook inject` gives it, with the defaults of `tracehook serve` and
+/// the instance the webhook picks (`obs/test`, the only one).
+fn offline_injected(pod: serde_json::Value) -> Result<serde_json::Value> {
+    let options = tracehook::inject_command::Options {
+        settings: tracehook::inject::Settings::default(),
+        instance: Some(tracehook::inject::InstanceRef::new("obs", "test")),
+        flavor: None,
+        namespace: Some(NAMESPACE.to_owned()),
+    };
+    let (mut docs, reports) =
+        tracehook::inject_command::inject_values(&serde_json::to_string(&pod)?, &options)?;
+    match (docs.pop(), docs.is_empty()) {
+        (Some(pod), true) => Ok(pod),
+        _ => bail!("tracehook inject gave not one document: {reports:?}"),
+    }
+}
+
+/// The Pod stored for `Preinjected` must be the one stored for `With`, or the modes
+/// compare different Pods: both are created by dry run (the webhook registered; the
+/// pre-injected Pod carries the marker, so the call changes nothing) and compared
+/// without their names and the random suffix of the token volume.
+async fn check_offline_injection(setup: &Setup, serial: &mut usize) -> Result<()> {
+    set_mode(&setup.client, &setup.api, &setup.config, Mode::With, serial).await?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mut stored = Vec::new();
+    for mode in [Mode::With, Mode::Preinjected] {
+        *serial += 1;
+        let pod = mode.pod(&format!("check-{serial}"))?;
+        let pod = setup.api.create(&dry_run, &pod).await?;
+        stored.push(comparable(&pod)?);
+    }
+    if stored[0] != stored[1] {
+        bail!(
+            "the pre-injected Pod is not the injected one:\nwebhook: {}\noffline: {}",
+            stored[0],
+            stored[1]
+        );
+    }
+    Ok(())
+}
+
+/// The spec and annotations of a stored Pod, the token volume's random suffix removed.
+fn comparable(pod: &Pod) -> Result<String> {
+    let spec = pod.spec.as_ref().context("a Pod without spec")?;
+    let mut text = serde_json::to_string(&(spec, &pod.metadata.annotations))?;
+    for volume in spec.volumes.iter().flatten() {
+        if volume.name.starts_with("kube-api-access-") {
+            text = text.replace(&volume.name, "kube-api-access");
+        }
+    }
+    Ok(text)
+}
+
+/// CPU profiles of the API server, `seconds` long, while Pods are created one at a
+/// time with the webhook and without; written to the run's directory for
+/// `go tool pprof`. Returns the report's paragraph.
+async fn profile_apiserver(setup: &Setup, seconds: u64, serial: &mut usize) -> Result<String> {
+    let mut text = String::from("\n### CPU profiles of the API server\n\n");
+    for mode in [Mode::Without, Mode::With] {
+        set_mode(&setup.client, &setup.api, &setup.config, mode, serial).await?;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let first = *serial;
+        let profile = async {
+            let request = http::Request::get(format!("/debug/pprof/profile?seconds={seconds}"))
+                .body(Vec::new())?;
+            let mut body = setup.client.request_stream(request).await?;
+            let mut bytes = Vec::new();
+            futures::AsyncReadExt::read_to_end(&mut body, &mut bytes).await?;
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            anyhow::Ok(bytes)
+        };
+        let create = async {
+            let mut latencies = Vec::new();
+            let mut i = first;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let started = Instant::now();
+                let stored = setup
+                    .api
+                    .create(&PostParams::default(), &mode.pod(&format!("profiled-{i}"))?)
+                    .await?;
+                latencies.push(started.elapsed());
+                if injected(&stored) != mode.injected() {
+                    bail!(
+                        "profiled-{i} {}: injected = {}",
+                        mode.name(),
+                        injected(&stored)
+                    );
+                }
+            }
+            anyhow::Ok((latencies, i))
+        };
+        let (bytes, (latencies, last)) = tokio::try_join!(profile, create)?;
+        *serial = last;
+        let file = setup
+            .dir
+            .join(format!("apiserver-{}.pprof", mode.name().replace(' ', "-")));
+        std::fs::write(&file, bytes)?;
+        writeln!(
+            text,
+            "- {}: {} creations in the profile's {seconds} s ({}); `go tool pprof -top {}`",
+            mode.name(),
+            latencies.len(),
+            Summary::of(&latencies),
+            file.display()
+        )?;
+    }
+    Ok(text)
 }
 
 fn injected(pod: &Pod) -> bool {
@@ -295,9 +462,10 @@ async fn set_mode(
     mode: Mode,
     serial: &mut usize,
 ) -> Result<()> {
-    match mode {
-        Mode::With => cluster::register(client, config).await?,
-        Mode::Without => cluster::unregister(client).await?,
+    if mode.registered() {
+        cluster::register(client, config).await?;
+    } else {
+        cluster::unregister(client).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -308,14 +476,17 @@ async fn set_mode(
                     dry_run: true,
                     ..PostParams::default()
                 },
-                &pod(&format!("probe-{serial}"))?,
+                &Mode::With.pod(&format!("probe-{serial}"))?,
             )
             .await?;
-        if injected(&probe) == (mode == Mode::With) {
+        if injected(&probe) == mode.registered() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the API server does not see the webhook {}", mode.name());
+            bail!(
+                "the API server does not see the webhook {}registered",
+                if mode.registered() { "" } else { "un" }
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -332,11 +503,11 @@ async fn create_pods(
     *serial += n;
     let results: Vec<Result<Duration>> = stream::iter(first..first + n)
         .map(|i| async move {
-            let pod = pod(&format!("pod-{i}"))?;
+            let pod = mode.pod(&format!("pod-{i}"))?;
             let started = Instant::now();
             let stored = api.create(&PostParams::default(), &pod).await?;
             let took = started.elapsed();
-            if injected(&stored) != (mode == Mode::With) {
+            if injected(&stored) != mode.injected() {
                 bail!("pod-{i} {}: injected = {}", mode.name(), injected(&stored));
             }
             Ok(took)

@@ -46,10 +46,15 @@ fn run(command: Command) -> Result<()> {
             pin: !no_pin,
             preload,
         }),
-        Command::E2e { pods, chunks } => {
+        Command::E2e {
+            pods,
+            chunks,
+            profile_seconds,
+        } => {
             let opts = e2e::Options {
                 pods,
                 chunks,
+                profile_seconds,
                 ..e2e::Options::default()
             };
             runtime()?.block_on(e2e::run(&opts))
