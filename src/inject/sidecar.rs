@@ -245,14 +245,20 @@ fn build_template(flavor: Flavor, native: bool) -> Map<String, Value> {
         }
     });
     let extra = if native {
-        // The app containers start only once the startup probe passes, so the agent
-        // is up before the first span; `restartPolicy: Always` lets Jobs complete.
+        // Probed every second until the agent answers (30 s before the kubelet
+        // restarts it): the app containers start only once it passes, so the agent is
+        // up before the first span; `restartPolicy: Always` lets Jobs complete.
         json!({
             "restartPolicy": "Always",
             "startupProbe": merge(&probe, json!({"periodSeconds": 1, "failureThreshold": 30}))
         })
     } else {
-        json!({"readinessProbe": merge(&probe, json!({"periodSeconds": 5}))})
+        // A plain sidecar starts beside the app and gates nothing: no readiness probe
+        // (a tracing agent never takes the app out of its Service's endpoints, and the
+        // probe's period delayed Ready by up to 5 s) and no startup probe (it would
+        // hold Ready back to its next 1 s tick); the liveness probe restarts a stuck
+        // agent (BENCHMARKS.md, time to Ready).
+        json!({})
     };
     match (container, extra) {
         (Value::Object(mut c), Value::Object(e)) => {

@@ -5,7 +5,7 @@
 //! difference between the last two is what the probe costs, the rest the agent's own
 //! start. A fifth kind is the jaeger-agent flavor as a plain sidecar
 //! (`tracehook.dev/native-sidecar: "false"`): it starts beside the app, not before it,
-//! and gates Ready by its readinessProbe. Rounds create one Pod of each kind at the same moment, so every kind sees the
+//! and gates nothing (only a livenessProbe). Rounds create one Pod of each kind at the same moment, so every kind sees the
 //! same node. The figures are printed (BENCHMARKS.md quotes a run); only that every Pod
 //! became Ready, with the sidecar it should have, is asserted.
 
