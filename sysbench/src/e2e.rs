@@ -20,8 +20,8 @@ use anyhow::{Context as _, Result, bail};
 use futures::{StreamExt as _, stream};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::Client;
 use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt as _};
 use serde_json::json;
 
 use crate::cluster::{self, Webhook};
@@ -93,6 +93,19 @@ impl Mode {
             Mode::Preinjected => pod = offline_injected(pod)?,
         }
         Ok(serde_json::from_value(pod)?)
+    }
+
+    /// The Pods this mode creates, one per name, built before any creation is timed:
+    /// the mode's Pod once (for `Preinjected`, one run of the injection), then renamed.
+    fn pods(self, names: impl Iterator<Item = String>) -> Result<Vec<Pod>> {
+        let template = self.pod("template")?;
+        Ok(names
+            .map(|name| {
+                let mut pod = template.clone();
+                pod.metadata.name = Some(name);
+                pod
+            })
+            .collect())
     }
 }
 
@@ -413,11 +426,9 @@ async fn profile_apiserver(setup: &Setup, seconds: u64, serial: &mut usize) -> R
             let mut i = first;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
+                let pod = mode.pod(&format!("profiled-{i}"))?;
                 let started = Instant::now();
-                let stored = setup
-                    .api
-                    .create(&PostParams::default(), &mode.pod(&format!("profiled-{i}"))?)
-                    .await?;
+                let stored = setup.api.create(&PostParams::default(), &pod).await?;
                 latencies.push(started.elapsed());
                 if injected(&stored) != mode.injected() {
                     bail!(
@@ -501,14 +512,19 @@ async fn create_pods(
 ) -> Result<Vec<Duration>> {
     let first = *serial;
     *serial += n;
-    let results: Vec<Result<Duration>> = stream::iter(first..first + n)
-        .map(|i| async move {
-            let pod = mode.pod(&format!("pod-{i}"))?;
+    let pods = mode.pods((first..first + n).map(|i| format!("pod-{i}")))?;
+    let results: Vec<Result<Duration>> = stream::iter(pods)
+        .map(|pod| async move {
             let started = Instant::now();
             let stored = api.create(&PostParams::default(), &pod).await?;
             let took = started.elapsed();
             if injected(&stored) != mode.injected() {
-                bail!("pod-{i} {}: injected = {}", mode.name(), injected(&stored));
+                bail!(
+                    "{} {}: injected = {}",
+                    pod.name_any(),
+                    mode.name(),
+                    injected(&stored)
+                );
             }
             Ok(took)
         })
