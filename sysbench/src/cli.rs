@@ -40,6 +40,10 @@ pub enum Command {
         /// A malloc to try as well (a third server with it in `LD_PRELOAD`).
         #[arg(long)]
         preload: Option<PathBuf>,
+        /// Serve against a real control plane (live caches, the reconciler and the
+        /// Pod watch running) instead of `--no-cluster`.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Pod creations through a real API server with and without the webhook.
     E2e {
@@ -182,6 +186,7 @@ mod tests {
             duration,
             no_pin,
             preload,
+            cluster,
             ..
         } = cli.command
         else {
@@ -190,6 +195,7 @@ mod tests {
         assert_eq!(duration, load::Options::default().duration);
         assert!(no_pin);
         assert_eq!(preload, None);
+        assert!(!cluster, "--no-cluster unless asked");
         let cli = Cli::try_parse_from(["tracehook-sysbench", "admit-loop"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -35,6 +35,9 @@ pub struct Options {
     /// A malloc to try as well: a third server, tracehook with this library in
     /// `LD_PRELOAD` (e.g. Debian's libmimalloc.so.2).
     pub preload: Option<PathBuf>,
+    /// tracehook against a real control plane (live caches, the reconciler and the Pod
+    /// watch running, as installed) instead of `--no-cluster`.
+    pub cluster: bool,
 }
 
 impl Default for Options {
@@ -46,6 +49,7 @@ impl Default for Options {
             connections: 16,
             pin: true,
             preload: None,
+            cluster: false,
         }
     }
 }
@@ -105,6 +109,8 @@ struct Setup {
     ours: Server,
     baseline: Server,
     preloaded: Option<Server>,
+    /// Dropped last, after the servers that use it.
+    _cluster: Option<testcluster::Cluster>,
 }
 
 impl Setup {
@@ -176,6 +182,18 @@ fn set_up(opts: &Options) -> Result<Setup> {
         bail!("tracehook certs failed");
     }
     let bodies = bodies(&dir)?;
+    let cluster = if opts.cluster {
+        Some(live_cluster()?)
+    } else {
+        None
+    };
+    println!(
+        "tracehook: {}",
+        match &cluster {
+            Some(_) => "against a control plane (live caches, reconciler, Pod watch)",
+            None => "--no-cluster --instance obs/test",
+        }
+    );
 
     let cert = certs.join("tls.crt");
     let key = certs.join("tls.key");
@@ -183,7 +201,17 @@ fn set_up(opts: &Options) -> Result<Setup> {
     let tracehook_server = |name: &str, probe_port: u16, preload: Option<&Path>| {
         let port = sys::free_port();
         let mut cmd = pinned(opts.pin, "1", &tracehook);
-        crate::serve_without_cluster(&mut cmd, port, probe_port);
+        match &cluster {
+            Some(cluster) => {
+                cmd.env("KUBECONFIG", cluster.kubeconfig_path())
+                    .arg("serve")
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg("--probe-listen")
+                    .arg(format!("127.0.0.1:{probe_port}"));
+            }
+            None => crate::serve_without_cluster(&mut cmd, port, probe_port),
+        }
         cmd.arg("--tls-cert-file")
             .arg(&cert)
             .arg("--tls-key-file")
@@ -213,6 +241,14 @@ fn set_up(opts: &Options) -> Result<Setup> {
         }
         None => None,
     };
+    // With a cluster, ready means the caches are synced.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_status(probe_port, "/readyz") != Some(200) {
+        if Instant::now() > deadline {
+            bail!("tracehook is not ready after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for (_, body) in &bodies {
         check_patched(&ours, body, &certs.join("ca.crt"))?;
     }
@@ -224,7 +260,84 @@ fn set_up(opts: &Options) -> Result<Setup> {
         ours,
         baseline,
         preloaded,
+        _cluster: cluster,
     })
+}
+
+/// For `--cluster`: a control plane with the namespaces of both bodies labelled for
+/// injection and the instance they get, `obs/test`.
+fn live_cluster() -> Result<testcluster::Cluster> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (cluster, client) = crate::cluster::start().await?;
+        let enabled = serde_json::json!({"tracehook.dev/injection": "enabled"});
+        for namespace in ["demo", "shop"] {
+            crate::cluster::create_namespace(&client, namespace, enabled.clone()).await?;
+        }
+        crate::cluster::create_namespace(&client, "obs", serde_json::json!({})).await?;
+        crate::cluster::create_instance(&client, "obs", "test").await?;
+        owners_of_the_typical_pod(&client).await?;
+        Ok(cluster)
+    })
+}
+
+/// The Deployment and ReplicaSet the typical Pod's ownerReference names and the
+/// ConfigMap its containers import with `envFrom`, as they exist when a real ReplicaSet
+/// creates its Pods (tracehook reads each from its caches; a missing one costs a GET per
+/// admission). The Deployment is paused with no replicas, so that the controller
+/// creates no ReplicaSet of its own and no Pod.
+async fn owners_of_the_typical_pod(client: &kube::Client) -> Result<()> {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    let pod = crate::pods::pod(crate::pods::TYPICAL);
+    let owner = pod
+        .pointer("/metadata/ownerReferences/0/name")
+        .and_then(Value::as_str)
+        .context("the typical Pod has an owner")?;
+    let labels = serde_json::json!({"app.kubernetes.io/name": "frontend"});
+    let template = serde_json::json!({
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+    });
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "shop-frontend", "namespace": "shop"},
+        "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": labels}, "template": template}
+    }))?;
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .context("creating Deployment shop/shop-frontend")?;
+    let replica_set: ReplicaSet = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": owner,
+            "namespace": "shop",
+            "ownerReferences": [{
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": "shop-frontend",
+                "uid": deployment.metadata.uid,
+                "controller": true,
+                "blockOwnerDeletion": true
+            }]
+        },
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template}
+    }))?;
+    Api::<ReplicaSet>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &replica_set)
+        .await
+        .with_context(|| format!("creating ReplicaSet shop/{owner}"))?;
+    let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "shop-common", "namespace": "shop"},
+        "data": {"REGION": "eu-1", "LOG_LEVEL": "info"}
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &config_map)
+        .await
+        .context("creating ConfigMap shop/shop-common")?;
+    Ok(())
 }
 
 /// The two bodies every server is sent: the fixture and a typical Pod's review.

@@ -38,6 +38,7 @@ fn run(command: Command) -> Result<()> {
             connections,
             no_pin,
             preload,
+            cluster,
         } => load::run(&load::Options {
             duration,
             rounds,
@@ -45,6 +46,7 @@ fn run(command: Command) -> Result<()> {
             connections,
             pin: !no_pin,
             preload,
+            cluster,
         }),
         Command::E2e {
             pods,
