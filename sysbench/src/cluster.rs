@@ -141,17 +141,12 @@ impl Webhook {
         let probe_port = sys::free_port();
         let log = dir.join(format!("serve-{port}.log"));
         let mut cmd = Command::new(&tracehook);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--probe-listen")
-            .arg(format!("127.0.0.1:{probe_port}"))
-            .arg("--tls-cert-file")
+        crate::serve_with_cluster(&mut cmd, &cluster.kubeconfig_path(), port, probe_port);
+        cmd.arg("--tls-cert-file")
             .arg(certs.join("tls.crt"))
             .arg("--tls-key-file")
             .arg(certs.join("tls.key"))
-            .args(extra_args)
-            .env("KUBECONFIG", cluster.kubeconfig_path());
+            .args(extra_args);
         let started = Instant::now();
         let child = cluster.spawn_attached(cmd, &log)?;
         Ok(Webhook {

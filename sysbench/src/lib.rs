@@ -83,6 +83,22 @@ pub fn end_report(report: &mut String) -> std::fmt::Result {
     )
 }
 
+/// `tracehook serve` against the cluster of `kubeconfig`, listening on `port`, its
+/// probes on `probe_port`: the arguments and environment, added to `cmd`.
+pub fn serve_with_cluster(
+    cmd: &mut std::process::Command,
+    kubeconfig: &std::path::Path,
+    port: u16,
+    probe_port: u16,
+) {
+    cmd.env("KUBECONFIG", kubeconfig)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--probe-listen")
+        .arg(format!("127.0.0.1:{probe_port}"));
+}
+
 /// `tracehook serve` without a cluster (`--no-cluster --instance obs/test`) listening
 /// on `port`, its probes on `probe_port`: the arguments, added to `cmd`.
 pub fn serve_without_cluster(cmd: &mut std::process::Command, port: u16, probe_port: u16) {

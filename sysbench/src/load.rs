@@ -203,12 +203,7 @@ fn set_up(opts: &Options) -> Result<Setup> {
         let mut cmd = pinned(opts.pin, "1", &tracehook);
         match &cluster {
             Some(cluster) => {
-                cmd.env("KUBECONFIG", cluster.kubeconfig_path())
-                    .arg("serve")
-                    .arg("--listen")
-                    .arg(format!("127.0.0.1:{port}"))
-                    .arg("--probe-listen")
-                    .arg(format!("127.0.0.1:{probe_port}"));
+                crate::serve_with_cluster(&mut cmd, &cluster.kubeconfig_path(), port, probe_port)
             }
             None => crate::serve_without_cluster(&mut cmd, port, probe_port),
         }
@@ -293,27 +288,31 @@ async fn owners_of_the_typical_pod(client: &kube::Client) -> Result<()> {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::{Api, PostParams};
     let pod = crate::pods::pod(crate::pods::TYPICAL);
-    let owner = pod
-        .pointer("/metadata/ownerReferences/0/name")
-        .and_then(Value::as_str)
-        .context("the typical Pod has an owner")?;
+    let field = |pointer: &str| {
+        pod.pointer(pointer)
+            .and_then(Value::as_str)
+            .with_context(|| format!("the typical Pod has {pointer}"))
+    };
+    let namespace = field("/metadata/namespace")?;
+    let owner = field("/metadata/ownerReferences/0/name")?;
+    let config_map_name = field("/spec/containers/0/envFrom/0/configMapRef/name")?;
     let labels = serde_json::json!({"app.kubernetes.io/name": "frontend"});
     let template = serde_json::json!({
         "metadata": {"labels": labels},
         "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
     });
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "shop-frontend", "namespace": "shop"},
+        "metadata": {"name": "shop-frontend", "namespace": namespace},
         "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": labels}, "template": template}
     }))?;
-    let deployment = Api::<Deployment>::namespaced(client.clone(), "shop")
+    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &deployment)
         .await
-        .context("creating Deployment shop/shop-frontend")?;
+        .context("creating the Deployment shop-frontend")?;
     let replica_set: ReplicaSet = serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": owner,
-            "namespace": "shop",
+            "namespace": namespace,
             "ownerReferences": [{
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
@@ -325,18 +324,18 @@ async fn owners_of_the_typical_pod(client: &kube::Client) -> Result<()> {
         },
         "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template}
     }))?;
-    Api::<ReplicaSet>::namespaced(client.clone(), "shop")
+    Api::<ReplicaSet>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &replica_set)
         .await
-        .with_context(|| format!("creating ReplicaSet shop/{owner}"))?;
+        .with_context(|| format!("creating ReplicaSet {namespace}/{owner}"))?;
     let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "shop-common", "namespace": "shop"},
+        "metadata": {"name": config_map_name, "namespace": namespace},
         "data": {"REGION": "eu-1", "LOG_LEVEL": "info"}
     }))?;
-    Api::<ConfigMap>::namespaced(client.clone(), "shop")
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &config_map)
         .await
-        .context("creating ConfigMap shop/shop-common")?;
+        .with_context(|| format!("creating ConfigMap {namespace}/{config_map_name}"))?;
     Ok(())
 }
 
