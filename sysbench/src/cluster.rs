@@ -77,7 +77,6 @@ pub async fn create_namespace(
     }
 }
 
-/// Creates a `Jaeger` instance with an empty spec.
 /// Creates `count` instances, 16 in flight; `place(i)` is the i-th one's namespace and
 /// name.
 pub async fn create_instances(
@@ -97,18 +96,48 @@ pub async fn create_instances(
     Ok(())
 }
 
+/// Creates a `Jaeger` instance with an empty spec.
 pub async fn create_instance(client: &Client, namespace: &str, name: &str) -> Result<()> {
-    let jaeger: Jaeger = serde_json::from_value(json!({
-        "apiVersion": "tracehook.dev/v1alpha1",
-        "kind": "Jaeger",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {}
-    }))?;
-    Api::<Jaeger>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &jaeger)
-        .await
-        .with_context(|| format!("creating Jaeger {namespace}/{name}"))?;
+    create_namespaced::<Jaeger>(
+        client,
+        json!({
+            "apiVersion": "tracehook.dev/v1alpha1",
+            "kind": "Jaeger",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {}
+        }),
+    )
+    .await?;
     Ok(())
+}
+
+/// Creates a namespaced object from its manifest (its namespace and name are read
+/// from `metadata`) and returns it as stored.
+pub async fn create_namespaced<K>(client: &Client, manifest: serde_json::Value) -> Result<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+    K::DynamicType: Default,
+{
+    let object: K = serde_json::from_value(manifest)?;
+    let what = format!(
+        "{} {}/{}",
+        K::kind(&K::DynamicType::default()),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    );
+    let namespace = object
+        .meta()
+        .namespace
+        .clone()
+        .with_context(|| format!("{what} has no namespace"))?;
+    Api::<K>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &object)
+        .await
+        .with_context(|| format!("creating {what}"))
 }
 
 /// A `tracehook serve` process against the cluster.

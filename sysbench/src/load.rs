@@ -284,9 +284,9 @@ fn live_cluster() -> Result<testcluster::Cluster> {
 /// admission). The Deployment is paused with no replicas, so that the controller
 /// creates no ReplicaSet of its own and no Pod.
 async fn owners_of_the_typical_pod(client: &kube::Client) -> Result<()> {
+    use crate::cluster::create_namespaced;
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
     use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::api::{Api, PostParams};
     let pod = crate::pods::pod(crate::pods::TYPICAL);
     let field = |pointer: &str| {
         pod.pointer(pointer)
@@ -301,41 +301,41 @@ async fn owners_of_the_typical_pod(client: &kube::Client) -> Result<()> {
         "metadata": {"labels": labels},
         "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
     });
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "shop-frontend", "namespace": namespace},
-        "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": labels}, "template": template}
-    }))?;
-    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &deployment)
-        .await
-        .context("creating the Deployment shop-frontend")?;
-    let replica_set: ReplicaSet = serde_json::from_value(serde_json::json!({
-        "metadata": {
-            "name": owner,
-            "namespace": namespace,
-            "ownerReferences": [{
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": "shop-frontend",
-                "uid": deployment.metadata.uid,
-                "controller": true,
-                "blockOwnerDeletion": true
-            }]
-        },
-        "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template}
-    }))?;
-    Api::<ReplicaSet>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &replica_set)
-        .await
-        .with_context(|| format!("creating ReplicaSet {namespace}/{owner}"))?;
-    let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": config_map_name, "namespace": namespace},
-        "data": {"REGION": "eu-1", "LOG_LEVEL": "info"}
-    }))?;
-    Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &config_map)
-        .await
-        .with_context(|| format!("creating ConfigMap {namespace}/{config_map_name}"))?;
+    let deployment: Deployment = create_namespaced(
+        client,
+        serde_json::json!({
+            "metadata": {"name": "shop-frontend", "namespace": namespace},
+            "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": labels}, "template": template}
+        }),
+    )
+    .await?;
+    create_namespaced::<ReplicaSet>(
+        client,
+        serde_json::json!({
+            "metadata": {
+                "name": owner,
+                "namespace": namespace,
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": "shop-frontend",
+                    "uid": deployment.metadata.uid,
+                    "controller": true,
+                    "blockOwnerDeletion": true
+                }]
+            },
+            "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template}
+        }),
+    )
+    .await?;
+    create_namespaced::<ConfigMap>(
+        client,
+        serde_json::json!({
+            "metadata": {"name": config_map_name, "namespace": namespace},
+            "data": {"REGION": "eu-1", "LOG_LEVEL": "info"}
+        }),
+    )
+    .await?;
     Ok(())
 }
 
