@@ -5,9 +5,12 @@
 //! difference between the last two is what the probe costs, the rest the agent's own
 //! start. A fifth kind is the jaeger-agent flavor as a plain sidecar
 //! (`tracehook.dev/native-sidecar: "false"`): it starts beside the app, not before it,
-//! and gates nothing (only a livenessProbe). Rounds create one Pod of each kind at the same moment, so every kind sees the
-//! same node. The figures are printed (BENCHMARKS.md quotes a run); only that every Pod
-//! became Ready, with the sidecar it should have, is asserted.
+//! //! and gates nothing (only a livenessProbe). Rounds create one Pod of each kind at the
+//! same moment, so every kind sees the same node. A second table takes each Pod's start
+//! apart into the steps the watch saw: the sidecar running, the sidecar started (its
+//! startupProbe passed), the app running, Ready. The figures are printed (BENCHMARKS.md
+//! quotes a run); only that every Pod became Ready, with the sidecar it should have,
+//! and that its steps came in that order, is asserted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -88,6 +91,49 @@ fn pod(namespace: &str, name: &str, annotations: Value) -> Value {
     })
 }
 
+/// When the watch first saw each step of a Pod's start (the test's clock).
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    sidecar_running: Option<Instant>,
+    /// `started: true` on the sidecar: its startupProbe passed (or, with none, the
+    /// kubelet saw it running).
+    sidecar_started: Option<Instant>,
+    app_running: Option<Instant>,
+    ready: Option<Instant>,
+}
+
+impl Seen {
+    fn update(&mut self, pod: &Pod, now: Instant) {
+        let Some(status) = pod.status.as_ref() else {
+            return;
+        };
+        let statuses = status.init_container_statuses.iter().flatten();
+        for c in statuses.chain(status.container_statuses.iter().flatten()) {
+            let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
+            if c.name == "app" {
+                if running {
+                    self.app_running.get_or_insert(now);
+                }
+                continue;
+            }
+            if running {
+                self.sidecar_running.get_or_insert(now);
+            }
+            if running && c.started == Some(true) {
+                self.sidecar_started.get_or_insert(now);
+            }
+        }
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            self.ready.get_or_insert(now);
+        }
+    }
+}
+
 /// The Pod tracehook writes for the jaeger-agent flavor (a server-side dry run),
 /// without the sidecar's startupProbe, for creating as it is.
 async fn without_probe(pods: &Api<Pod>, namespace: &str) -> Value {
@@ -137,35 +183,27 @@ async fn time_to_ready_plain_and_injected() {
     let pods: Api<Pod> = Api::namespaced(client, &namespace);
     let no_probe = without_probe(&pods, &namespace).await;
 
-    // When each Pod was first seen Ready, from a watch of the namespace.
-    let ready_at: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    // When each step of each Pod was first seen, from a watch of the namespace.
+    let seen: Arc<Mutex<BTreeMap<String, Seen>>> = Arc::default();
     let watch = {
-        let (pods, ready_at) = (pods.clone(), ready_at.clone());
+        let (pods, seen) = (pods.clone(), seen.clone());
         tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()));
             while let Some(event) = events.next().await {
                 if let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event {
-                    let ready = pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| {
-                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        });
-                    if ready {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        ready_at
-                            .lock()
-                            .expect("lock")
-                            .entry(name)
-                            .or_insert_with(Instant::now);
-                    }
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    seen.lock()
+                        .expect("lock")
+                        .entry(name)
+                        .or_default()
+                        .update(&pod, Instant::now());
                 }
             }
         })
     };
 
     let mut took: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
+    let mut steps: BTreeMap<Kind, [Vec<Duration>; 4]> = BTreeMap::new();
     let rounds = pods_per_kind();
     for round in 0..rounds {
         let mut created = Vec::new();
@@ -216,13 +254,41 @@ async fn time_to_ready_plain_and_injected() {
         for (kind, name, sent) in created {
             let deadline = Instant::now() + Duration::from_secs(120);
             let at = loop {
-                if let Some(at) = ready_at.lock().expect("lock").get(&name) {
-                    break *at;
+                let steps = seen.lock().expect("lock").get(&name).copied();
+                if let Some(at) = steps.filter(|s| s.ready.is_some()) {
+                    break at;
                 }
                 assert!(Instant::now() < deadline, "{name} not Ready in 120 s");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
-            took.entry(kind).or_default().push(at - sent);
+            let ready = at.ready.expect("Ready");
+            took.entry(kind).or_default().push(ready - sent);
+            // The steps, each from the one before; a plain Pod has no sidecar, and a
+            // plain sidecar starts beside the app, so theirs start at the app.
+            let app = at.app_running.expect("the app ran before Ready");
+            let (running, started) = match kind {
+                Kind::Plain | Kind::JaegerAgentPlainSidecar => (app, app),
+                _ => {
+                    let running = at.sidecar_running.expect("the sidecar ran");
+                    let started = at.sidecar_started.expect("the sidecar started");
+                    assert!(
+                        sent <= running && running <= started && started <= app,
+                        "{name}: steps out of order: {at:?}"
+                    );
+                    (running, started)
+                }
+            };
+            assert!(app <= ready, "{name}: Ready before the app ran: {at:?}");
+            let parts = [
+                running - sent,
+                started - running,
+                app - started,
+                ready - app,
+            ];
+            let kind_steps = steps.entry(kind).or_default();
+            for (all, part) in kind_steps.iter_mut().zip(parts) {
+                all.push(part);
+            }
             let _ = pods
                 .delete(&name, &DeleteParams::default().grace_period(0))
                 .await;
@@ -244,6 +310,24 @@ async fn time_to_ready_plain_and_injected() {
             s.p99,
             s.max
         );
+    }
+    eprintln!(
+        "\nthe steps, each from the one before, as the watch saw them, p50 (p90) ms \
+         (a plain Pod's and a plain sidecar's steps start at the app):"
+    );
+    eprintln!(
+        "| kind | create → sidecar running | → sidecar started | → app running | → Ready |\n\
+         |---|---|---|---|---|"
+    );
+    for (kind, parts) in steps {
+        let cells: Vec<String> = parts
+            .iter()
+            .map(|v| {
+                let s = Summary::of(v);
+                format!("{:.0} ({:.0})", s.p50, s.p90)
+            })
+            .collect();
+        eprintln!("| {} | {} |", kind.name(), cells.join(" | "));
     }
     kubectl(&["delete", "namespace", &namespace, "--wait=false"]);
 }
