@@ -91,6 +91,12 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         idle: u64,
     },
+    /// An AdmissionReview as a real API server sends it (a Deployment's Pod, created
+    /// by the ReplicaSet controller), written byte for byte for the load's bodies.
+    Capture {
+        #[arg(long, default_value = CAPTURED_REVIEW)]
+        out: PathBuf,
+    },
     /// The admission step in a loop, for callgrind or perf.
     AdmitLoop {
         #[arg(long, value_enum, default_value_t = Shape::Typical)]
@@ -99,6 +105,9 @@ pub enum Command {
         iterations: usize,
     },
 }
+
+/// Where `capture` writes by default, relative to the workspace (the load sends it).
+pub const CAPTURED_REVIEW: &str = "tests/data/reviews/deployment-pod-from-apiserver.json";
 
 /// The Pod an `admit-loop` admits (`pods::MINIMAL`, `TYPICAL`, `LARGE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

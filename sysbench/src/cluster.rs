@@ -155,17 +155,7 @@ impl Webhook {
     /// returns at once (see [`Webhook::wait_ready`]).
     pub fn start(cluster: &Cluster, dir: &Path, extra_args: &[&str]) -> Result<Webhook> {
         let tracehook = crate::release_binary("tracehook")?;
-        let certs = dir.join("certs");
-        if !certs.join("tls.crt").exists() {
-            let status = Command::new(&tracehook)
-                .args(["certs", "--out"])
-                .arg(&certs)
-                .stdout(std::process::Stdio::null())
-                .status()?;
-            if !status.success() {
-                bail!("tracehook certs failed");
-            }
-        }
+        let certs = crate::certificates(dir)?;
         let port = sys::free_port();
         let probe_port = sys::free_port();
         let log = dir.join(format!("serve-{port}.log"));

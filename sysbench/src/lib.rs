@@ -20,6 +20,7 @@ mod registration;
 pub use support::context as admit_context;
 pub use support::pods;
 
+pub mod capture;
 pub mod cli;
 pub mod cluster;
 pub mod detector;
@@ -70,6 +71,23 @@ pub fn run_dir(what: &str) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// `dir/certs` with a CA, a serving certificate for 127.0.0.1 and its key, made by
+/// `tracehook certs` unless they are there already.
+pub fn certificates(dir: &Path) -> Result<PathBuf> {
+    let certs = dir.join("certs");
+    if !certs.join("tls.crt").exists() {
+        let status = std::process::Command::new(release_binary("tracehook")?)
+            .args(["certs", "--out"])
+            .arg(&certs)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("tracehook certs failed");
+        }
+    }
+    Ok(certs)
 }
 
 /// The last line of every report: what else was busy on the machine at the end, so a

@@ -102,7 +102,7 @@ struct Setup {
     dir: PathBuf,
     oha: PathBuf,
     /// (label, AdmissionReview file)
-    bodies: [(&'static str, PathBuf); 2],
+    bodies: [(&'static str, PathBuf); 3],
     /// tracehook's probe port (its `/metrics`).
     probe_port: u16,
     /// tracehook, the no-op baseline, and tracehook with `--preload` if asked.
@@ -172,18 +172,17 @@ fn set_up(opts: &Options) -> Result<Setup> {
         String::from_utf8_lossy(&Command::new(&oha).arg("--version").output()?.stdout).trim()
     );
 
-    let certs = dir.join("certs");
-    let status = Command::new(&tracehook)
-        .args(["certs", "--out"])
-        .arg(&certs)
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("tracehook certs failed");
-    }
+    let certs = crate::certificates(&dir)?;
     let bodies = bodies(&dir)?;
     let cluster = if opts.cluster {
-        Some(live_cluster()?)
+        let pods = bodies
+            .iter()
+            .map(|(_, path)| -> Result<Value> {
+                let review: Value = serde_json::from_slice(&std::fs::read(path)?)?;
+                Ok(review["request"]["object"].clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Some(live_cluster(&pods)?)
     } else {
         None
     };
@@ -259,9 +258,9 @@ fn set_up(opts: &Options) -> Result<Setup> {
     })
 }
 
-/// For `--cluster`: a control plane with the namespaces of both bodies labelled for
-/// injection and the instance they get, `obs/test`.
-fn live_cluster() -> Result<testcluster::Cluster> {
+/// For `--cluster`: a control plane with the namespaces of the bodies labelled for
+/// injection, the instance they get, `obs/test`, and the objects their Pods refer to.
+fn live_cluster(pods: &[Value]) -> Result<testcluster::Cluster> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -273,81 +272,113 @@ fn live_cluster() -> Result<testcluster::Cluster> {
         }
         crate::cluster::create_namespace(&client, "obs", serde_json::json!({})).await?;
         crate::cluster::create_instance(&client, "obs", "test").await?;
-        owners_of_the_typical_pod(&client).await?;
+        owners_of(&client, pods).await?;
         Ok(cluster)
     })
 }
 
-/// The Deployment and ReplicaSet the typical Pod's ownerReference names and the
-/// ConfigMap its containers import with `envFrom`, as they exist when a real ReplicaSet
-/// creates its Pods (tracehook reads each from its caches; a missing one costs a GET per
-/// admission). The Deployment is paused with no replicas, so that the controller
-/// creates no ReplicaSet of its own and no Pod.
-async fn owners_of_the_typical_pod(client: &kube::Client) -> Result<()> {
+/// The objects the bodies' Pods refer to, as they exist when a real ReplicaSet creates
+/// its Pods (tracehook reads each from its caches; a missing one costs a GET per
+/// admission): for every Pod owned by a ReplicaSet, that ReplicaSet, owned by one
+/// Deployment `shop-frontend` of its namespace, and every ConfigMap its containers
+/// import with `envFrom`. The Deployment is paused with no replicas, so that the
+/// controller creates no ReplicaSet of its own and no Pod.
+async fn owners_of(client: &kube::Client, pods: &[Value]) -> Result<()> {
     use crate::cluster::create_namespaced;
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
     use k8s_openapi::api::core::v1::ConfigMap;
-    let pod = crate::pods::pod(crate::pods::TYPICAL);
-    let field = |pointer: &str| {
-        pod.pointer(pointer)
-            .and_then(Value::as_str)
-            .with_context(|| format!("the typical Pod has {pointer}"))
-    };
-    let namespace = field("/metadata/namespace")?;
-    let owner = field("/metadata/ownerReferences/0/name")?;
-    let config_map_name = field("/spec/containers/0/envFrom/0/configMapRef/name")?;
+    use std::collections::BTreeSet;
     let labels = serde_json::json!({"app.kubernetes.io/name": "frontend"});
     let template = serde_json::json!({
         "metadata": {"labels": labels},
         "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
     });
-    let deployment: Deployment = create_namespaced(
-        client,
-        serde_json::json!({
-            "metadata": {"name": "shop-frontend", "namespace": namespace},
-            "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": labels}, "template": template}
-        }),
-    )
-    .await?;
-    create_namespaced::<ReplicaSet>(
-        client,
-        serde_json::json!({
-            "metadata": {
-                "name": owner,
-                "namespace": namespace,
-                "ownerReferences": [{
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "name": "shop-frontend",
-                    "uid": deployment.metadata.uid,
-                    "controller": true,
-                    "blockOwnerDeletion": true
-                }]
-            },
-            "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template}
-        }),
-    )
-    .await?;
-    create_namespaced::<ConfigMap>(
-        client,
-        serde_json::json!({
-            "metadata": {"name": config_map_name, "namespace": namespace},
-            "data": {"REGION": "eu-1", "LOG_LEVEL": "info"}
-        }),
-    )
-    .await?;
+    let mut created = BTreeSet::new();
+    for pod in pods {
+        let Some(namespace) = pod.pointer("/metadata/namespace").and_then(Value::as_str) else {
+            continue;
+        };
+        let owners = pod
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array);
+        for owner in owners.into_iter().flatten() {
+            let name = owner["name"].as_str().unwrap_or_default();
+            if owner["kind"] != "ReplicaSet" || !created.insert(("rs", namespace, name)) {
+                continue;
+            }
+            let deployment = if created.insert(("deploy", namespace, "shop-frontend")) {
+                create_namespaced::<Deployment>(
+                    client,
+                    serde_json::json!({
+                        "metadata": {"name": "shop-frontend", "namespace": namespace},
+                        "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": labels}, "template": template}
+                    }),
+                )
+                .await?
+            } else {
+                kube::Api::<Deployment>::namespaced(client.clone(), namespace)
+                    .get("shop-frontend")
+                    .await?
+            };
+            create_namespaced::<ReplicaSet>(
+                client,
+                serde_json::json!({
+                    "metadata": {
+                        "name": name,
+                        "namespace": namespace,
+                        "ownerReferences": [{
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "name": "shop-frontend",
+                            "uid": deployment.metadata.uid,
+                            "controller": true,
+                            "blockOwnerDeletion": true
+                        }]
+                    },
+                    "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template}
+                }),
+            )
+            .await?;
+        }
+        let containers = pod.pointer("/spec/containers").and_then(Value::as_array);
+        for container in containers.into_iter().flatten() {
+            let imports = container["envFrom"].as_array();
+            for name in imports
+                .into_iter()
+                .flatten()
+                .filter_map(|from| from.pointer("/configMapRef/name").and_then(Value::as_str))
+            {
+                if created.insert(("cm", namespace, name)) {
+                    create_namespaced::<ConfigMap>(
+                        client,
+                        serde_json::json!({
+                            "metadata": {"name": name, "namespace": namespace},
+                            "data": {"REGION": "eu-1", "LOG_LEVEL": "info"}
+                        }),
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
     Ok(())
 }
 
-/// The two bodies every server is sent: the fixture and a typical Pod's review.
-fn bodies(dir: &Path) -> Result<[(&'static str, PathBuf); 2]> {
-    let fixture = crate::workspace_root().join("tests/data/reviews/pod-asking-for-injection.json");
+/// The bodies every server is sent: the fixture, a typical Pod's review, and the review
+/// of a Deployment's Pod as the API server sent it (`tracehook-sysbench capture`).
+fn bodies(dir: &Path) -> Result<[(&'static str, PathBuf); 3]> {
+    let root = crate::workspace_root();
+    let fixture = root.join("tests/data/reviews/pod-asking-for-injection.json");
     let typical = dir.join("typical-review.json");
     let review = crate::pods::review(&crate::pods::pod(crate::pods::TYPICAL), "bench-typical");
     std::fs::write(&typical, serde_json::to_vec(&review)?)?;
     let bodies = [
         ("fixture (1 container)", fixture),
         ("typical (3 containers, 40 env)", typical),
+        (
+            "captured (typical, from the API server)",
+            root.join(crate::cli::CAPTURED_REVIEW),
+        ),
     ];
     Ok(bodies)
 }

@@ -3,7 +3,7 @@
 //!
 //! Build first: `cargo build --release -p tracehook -p tracehook-sysbench`, then run
 //! `target/release/tracehook-sysbench …` (it finds `tracehook` and `noop-server` next to
-//! itself). `e2e`, `caches`, `detector` and `reconciler` start their own local control plane (testcluster).
+//! itself). `e2e`, `caches`, `detector`, `reconciler`, `capture` and `load --cluster` start their own local control plane (testcluster).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser as _;
 use tracehook_sysbench::cli::{Cli, Command, Shape};
-use tracehook_sysbench::{detector, e2e, footprint, load, pods, reconciler};
+use tracehook_sysbench::{capture, detector, e2e, footprint, load, pods, reconciler};
 
 /// The allocator of the `tracehook` binary, so that `admit-loop` profiles what it runs.
 #[global_allocator]
@@ -62,6 +62,7 @@ fn run(command: Command) -> Result<()> {
             runtime()?.block_on(e2e::run(&opts))
         }
         Command::Startup { runs } => footprint::startup(runs),
+        Command::Capture { out } => runtime()?.block_on(capture::run(&out)),
         Command::Caches {
             namespaces,
             instances,
