@@ -2,10 +2,10 @@
 //! node for the same Pod plain, injected with each flavor, and injected with the
 //! jaeger-agent flavor but without the sidecar's startupProbe (the Pod tracehook would
 //! write, taken from a dry run, the probe removed, created as already injected): the
-//! difference between the last two is what the probe costs, the rest the agent's own
-//! start. A fifth kind is the jaeger-agent flavor as a plain sidecar
+//! difference between the last two is what the probe costs, the rest the app starting
+//! after the sidecar instead of beside it. A fifth kind is the jaeger-agent flavor as a plain sidecar
 //! (`tracehook.dev/native-sidecar: "false"`): it starts beside the app, not before it,
-//! //! and gates nothing (only a livenessProbe). Rounds create one Pod of each kind at the
+//! and gates nothing (only a livenessProbe). Rounds create one Pod of each kind at the
 //! same moment, so every kind sees the same node. A second table takes each Pod's start
 //! apart into the steps the watch saw: the sidecar running, the sidecar started (its
 //! startupProbe passed), the app running, Ready. The figures are printed (BENCHMARKS.md
